@@ -1,1 +1,106 @@
-//! stub
+//! Persistence for clustercred: one [`Store`] trait, implemented by the embedded SQLite backend.
+//!
+//! Every write a response depends on (resource + CA + operation, issuance + idempotency record) happens in one
+//! transaction that is committed (and, with SQLite in WAL mode and `synchronous=FULL`, on disk) before the
+//! method returns, so a reply never reports something the store could lose.
+
+mod records;
+mod sqlite;
+
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("not found")]
+    NotFound,
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a resource, optionally with the CA that belongs to it, and records the operation, atomically.
+    /// `AlreadyExists` if a resource of that kind and name exists (nothing is written then).
+    async fn create_resource(
+        &self,
+        resource: &ResourceRecord,
+        ca: Option<&CaRecord>,
+        operation: &OperationRecord,
+    ) -> Result<()>;
+
+    async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>>;
+
+    /// Resources of `kind` under `parent`, ordered by name, starting after `after_name`, at most `limit`.
+    async fn list_resources(
+        &self,
+        kind: &str,
+        parent: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>>;
+
+    /// Deletes a resource, its CA and every resource whose name lies below it, and records the operation,
+    /// atomically. `NotFound` if it does not exist.
+    async fn delete_resource(&self, kind: &str, name: &str, operation: &OperationRecord) -> Result<()>;
+
+    async fn get_ca(&self, owner: &str) -> Result<Option<CaRecord>>;
+
+    async fn get_operation(&self, name: &str) -> Result<Option<OperationRecord>>;
+    async fn list_operations(
+        &self,
+        parent: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OperationRecord>>;
+    async fn delete_operation(&self, name: &str) -> Result<bool>;
+
+    /// The remembered outcome of a request id, if any (records older than the retention are gone).
+    async fn get_idempotent(&self, scope: &str, request_id: &str) -> Result<Option<IdempotencyRecord>>;
+
+    /// Records an issued certificate (and, when given, the idempotency record that makes retries replay the
+    /// response) in one transaction. If another request with the same id committed first, nothing is written
+    /// and that record is returned as `Replay`.
+    async fn record_issuance(
+        &self,
+        issuance: &IssuanceRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<IssuanceOutcome>;
+
+    async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>>;
+
+    /// Records a minted access token (id, never the token itself).
+    async fn record_token(&self, token: &TokenRecord) -> Result<()>;
+
+    /// Forgets idempotency records created before `before_unix`.
+    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64>;
+
+    /// Atomically increments and returns a named counter (starting at 1).
+    async fn next_counter(&self, name: &str) -> Result<i64>;
+
+    async fn put_principal(&self, principal: &PrincipalRecord) -> Result<()>;
+    async fn get_principal(&self, id: &str) -> Result<Option<PrincipalRecord>>;
+    /// Registers a bearer token by its SHA-256 digest (the token itself is never stored).
+    async fn put_bearer_token(&self, token_sha256: &[u8], principal_id: &str, created_unix: i64) -> Result<()>;
+    async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>>;
+
+    /// Signing keys for tokens clustercred mints, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
+}

@@ -1,0 +1,480 @@
+//! The embedded default backend: one SQLite file in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives a crash or power loss before the reply leaves.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::*;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::with_options(options, 8).await
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // One connection: every in-memory connection would otherwise be its own empty database.
+        Self::with_options(options, 1).await
+    }
+
+    async fn with_options(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let applied = usize::try_from(version).unwrap_or(0);
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "database schema version {version} is newer than this clustercred ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            let pragma = format!("PRAGMA user_version = {}", i + 1);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Write transactions take the write lock up front, so two writers never deadlock upgrading read locks.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn resource_from_row(row: &SqliteRow) -> Result<ResourceRecord> {
+    Ok(ResourceRecord {
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        parent: row.try_get("parent")?,
+        uid: row.try_get("uid")?,
+        data: row.try_get("data")?,
+        create_time_unix: row.try_get("create_time")?,
+    })
+}
+
+fn operation_from_row(row: &SqliteRow) -> Result<OperationRecord> {
+    Ok(OperationRecord {
+        name: row.try_get("name")?,
+        parent: row.try_get("parent")?,
+        data: row.try_get("data")?,
+        create_time_unix: row.try_get("create_time")?,
+    })
+}
+
+fn idempotency_from_row(row: &SqliteRow) -> Result<IdempotencyRecord> {
+    Ok(IdempotencyRecord {
+        scope: row.try_get("scope")?,
+        request_id: row.try_get("request_id")?,
+        request_hash: row.try_get("request_hash")?,
+        response: row.try_get("response")?,
+        create_time_unix: row.try_get("create_time")?,
+    })
+}
+
+fn principal_from_row(row: &SqliteRow) -> Result<PrincipalRecord> {
+    Ok(PrincipalRecord {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        display_name: row.try_get("display_name")?,
+        create_time_unix: row.try_get("create_time")?,
+    })
+}
+
+async fn insert_operation(
+    tx: &mut Transaction<'static, Sqlite>,
+    op: &OperationRecord,
+) -> Result<()> {
+    sqlx::query("INSERT INTO operations (name, parent, data, create_time) VALUES (?, ?, ?, ?)")
+        .bind(&op.name)
+        .bind(&op.parent)
+        .bind(&op.data)
+        .bind(op.create_time_unix)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// `LIKE` pattern matching every name strictly below `name` (`name/...`), with wildcards escaped.
+fn children_pattern(name: &str) -> String {
+    let mut p = String::with_capacity(name.len() + 2);
+    for c in name.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str("/%");
+    p
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_resource(
+        &self,
+        resource: &ResourceRecord,
+        ca: Option<&CaRecord>,
+        operation: &OperationRecord,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO resources (kind, name, parent, uid, data, create_time) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&resource.kind)
+        .bind(&resource.name)
+        .bind(&resource.parent)
+        .bind(&resource.uid)
+        .bind(&resource.data)
+        .bind(resource.create_time_unix)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(ca) = ca {
+            // A CA left behind by an earlier resource of the same name is replaced, never reused.
+            sqlx::query(
+                "INSERT OR REPLACE INTO cas (owner, cert_pem, key_der, not_after, create_time) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&ca.owner)
+            .bind(&ca.cert_pem)
+            .bind(&ca.key_der)
+            .bind(ca.not_after_unix)
+            .bind(ca.create_time_unix)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_operation(&mut tx, operation).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>> {
+        let row = sqlx::query("SELECT * FROM resources WHERE kind = ? AND name = ?")
+            .bind(kind)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(resource_from_row).transpose()
+    }
+
+    async fn list_resources(
+        &self,
+        kind: &str,
+        parent: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM resources WHERE kind = ? AND parent = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(kind)
+        .bind(parent)
+        .bind(after_name.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    async fn delete_resource(&self, kind: &str, name: &str, operation: &OperationRecord) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM resources WHERE kind = ? AND name = ?")
+            .bind(kind)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let below = children_pattern(name);
+        sqlx::query("DELETE FROM resources WHERE name LIKE ? ESCAPE '\\'")
+            .bind(&below)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM cas WHERE owner = ? OR owner LIKE ? ESCAPE '\\'")
+            .bind(name)
+            .bind(&below)
+            .execute(&mut *tx)
+            .await?;
+        insert_operation(&mut tx, operation).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_ca(&self, owner: &str) -> Result<Option<CaRecord>> {
+        let row = sqlx::query("SELECT * FROM cas WHERE owner = ?")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(CaRecord {
+                owner: row.try_get("owner")?,
+                cert_pem: row.try_get("cert_pem")?,
+                key_der: row.try_get("key_der")?,
+                not_after_unix: row.try_get("not_after")?,
+                create_time_unix: row.try_get("create_time")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn get_operation(&self, name: &str) -> Result<Option<OperationRecord>> {
+        let row = sqlx::query("SELECT * FROM operations WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(operation_from_row).transpose()
+    }
+
+    async fn list_operations(
+        &self,
+        parent: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OperationRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM operations WHERE parent = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(parent)
+        .bind(after_name.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation_from_row).collect()
+    }
+
+    async fn delete_operation(&self, name: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM operations WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn get_idempotent(&self, scope: &str, request_id: &str) -> Result<Option<IdempotencyRecord>> {
+        let row = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
+            .bind(scope)
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(idempotency_from_row).transpose()
+    }
+
+    async fn record_issuance(
+        &self,
+        issuance: &IssuanceRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<IssuanceOutcome> {
+        let mut tx = self.begin_write().await?;
+        if let Some(idem) = idempotency {
+            let existing = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
+                .bind(&idem.scope)
+                .bind(&idem.request_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = existing {
+                // Someone with the same id finished first: keep theirs, write nothing of ours.
+                let record = idempotency_from_row(&row)?;
+                tx.rollback().await?;
+                return Ok(IssuanceOutcome::Replay(record));
+            }
+            sqlx::query(
+                "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&idem.scope)
+            .bind(&idem.request_id)
+            .bind(&idem.request_hash)
+            .bind(&idem.response)
+            .bind(idem.create_time_unix)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, request_id, public_key_sha256, create_time) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&issuance.serial_hex)
+        .bind(&issuance.owner)
+        .bind(&issuance.kind)
+        .bind(&issuance.subject)
+        .bind(issuance.not_before_unix)
+        .bind(issuance.not_after_unix)
+        .bind(&issuance.requester)
+        .bind(&issuance.request_id)
+        .bind(&issuance.public_key_sha256)
+        .bind(issuance.create_time_unix)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(IssuanceOutcome::Recorded)
+    }
+
+    async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>> {
+        let rows = sqlx::query("SELECT * FROM issuances WHERE owner = ? ORDER BY create_time, serial")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(IssuanceRecord {
+                    serial_hex: row.try_get("serial")?,
+                    owner: row.try_get("owner")?,
+                    kind: row.try_get("kind")?,
+                    subject: row.try_get("subject")?,
+                    not_before_unix: row.try_get("not_before")?,
+                    not_after_unix: row.try_get("not_after")?,
+                    requester: row.try_get("requester")?,
+                    request_id: row.try_get("request_id")?,
+                    public_key_sha256: row.try_get("public_key_sha256")?,
+                    create_time_unix: row.try_get("create_time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_token(&self, token: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (token_id, owner, subject, expires, create_time) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&token.token_id)
+        .bind(&token.owner)
+        .bind(&token.subject)
+        .bind(token.expires_unix)
+        .bind(token.create_time_unix)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM idempotency WHERE create_time < ?")
+            .bind(before_unix)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn next_counter(&self, name: &str) -> Result<i64> {
+        let value: i64 = sqlx::query_scalar(
+            "INSERT INTO counters (name, value) VALUES (?, 1) \
+             ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(value)
+    }
+
+    async fn put_principal(&self, p: &PrincipalRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO principals (id, kind, display_name, create_time) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name",
+        )
+        .bind(&p.id)
+        .bind(&p.kind)
+        .bind(&p.display_name)
+        .bind(p.create_time_unix)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_principal(&self, id: &str) -> Result<Option<PrincipalRecord>> {
+        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn put_bearer_token(&self, token_sha256: &[u8], principal_id: &str, created_unix: i64) -> Result<()> {
+        sqlx::query("INSERT INTO bearer_tokens (token_sha256, principal_id, create_time) VALUES (?, ?, ?)")
+            .bind(token_sha256)
+            .bind(principal_id)
+            .bind(created_unix)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>> {
+        let row = sqlx::query(
+            "SELECT p.* FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id WHERE t.token_sha256 = ?",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY create_time DESC, kid")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKeyRecord {
+                    kid: row.try_get("kid")?,
+                    key_der: row.try_get("key_der")?,
+                    create_time_unix: row.try_get("create_time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
+        sqlx::query("INSERT INTO signing_keys (kid, key_der, create_time) VALUES (?, ?, ?)")
+            .bind(&key.kid)
+            .bind(&key.key_der)
+            .bind(key.create_time_unix)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+
+fn res(kind: &str, name: &str, parent: &str) -> ResourceRecord {
+    ResourceRecord {
+        kind: kind.into(),
+        name: name.into(),
+        parent: parent.into(),
+        uid: format!("uid-{name}"),
+        data: name.as_bytes().to_vec(),
+        create_time_unix: 100,
+    }
+}
+
+fn op(name: &str) -> OperationRecord {
+    OperationRecord {
+        name: format!("projects/p/locations/l/operations/{name}"),
+        parent: "projects/p/locations/l".into(),
+        data: vec![1, 2, 3],
+        create_time_unix: 100,
+    }
+}
+
+fn ca(owner: &str) -> CaRecord {
+    CaRecord {
+        owner: owner.into(),
+        cert_pem: "PEM".into(),
+        key_der: vec![9; 8],
+        not_after_unix: 1000,
+        create_time_unix: 100,
+    }
+}
+
+fn issuance(serial: &str, owner: &str, request_id: Option<&str>) -> IssuanceRecord {
+    IssuanceRecord {
+        serial_hex: serial.into(),
+        owner: owner.into(),
+        kind: "client_certificate".into(),
+        subject: "admin".into(),
+        not_before_unix: 1,
+        not_after_unix: 2,
+        requester: "admin".into(),
+        request_id: request_id.map(Into::into),
+        public_key_sha256: "ab".into(),
+        create_time_unix: 100,
+    }
+}
+
+const PARENT: &str = "projects/p/locations/l";
+const C1: &str = "projects/p/locations/l/clusters/c1";
+
+#[tokio::test]
+async fn create_get_list_delete_with_children_and_ca() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1"))
+        .await
+        .unwrap();
+    let inst = format!("{C1}/instances/i1");
+    s.create_resource(&res("i", &inst, C1), None, &op("o2")).await.unwrap();
+    // Duplicate: refused, and the operation of the failed attempt is not written.
+    let dup = s.create_resource(&res("k", C1, PARENT), None, &op("o3")).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists)));
+    assert!(s.get_operation(&op("o3").name).await.unwrap().is_none());
+
+    assert_eq!(s.get_resource("k", C1).await.unwrap().unwrap().data, C1.as_bytes());
+    assert_eq!(s.get_ca(C1).await.unwrap().unwrap().key_der, vec![9; 8]);
+    assert!(s.get_resource("other-kind", C1).await.unwrap().is_none());
+
+    s.delete_resource("k", C1, &op("o4")).await.unwrap();
+    assert!(s.get_resource("k", C1).await.unwrap().is_none());
+    assert!(s.get_resource("i", &inst).await.unwrap().is_none(), "children go too");
+    assert!(s.get_ca(C1).await.unwrap().is_none(), "the CA goes with its cluster");
+    assert!(s.get_operation(&op("o4").name).await.unwrap().is_some());
+    assert!(matches!(
+        s.delete_resource("k", C1, &op("o5")).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn delete_does_not_touch_names_sharing_a_prefix() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    let c10 = format!("{C1}0");
+    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("a")).await.unwrap();
+    s.create_resource(&res("k", &c10, PARENT), Some(&ca(&c10)), &op("b")).await.unwrap();
+    s.delete_resource("k", C1, &op("c")).await.unwrap();
+    assert!(s.get_resource("k", &c10).await.unwrap().is_some());
+    assert!(s.get_ca(&c10).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn list_pages_in_name_order() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    for (i, n) in ["c3", "c1", "c2"].iter().enumerate() {
+        let name = format!("{PARENT}/clusters/{n}");
+        s.create_resource(&res("k", &name, PARENT), None, &op(&format!("o{i}")))
+            .await
+            .unwrap();
+    }
+    s.create_resource(&res("k", "projects/q/locations/l/clusters/x", "projects/q/locations/l"), None, &op("ox"))
+        .await
+        .unwrap();
+    let page1 = s.list_resources("k", PARENT, None, 2).await.unwrap();
+    let names: Vec<_> = page1.iter().map(|r| r.name.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["c1", "c2"]);
+    let page2 = s
+        .list_resources("k", PARENT, Some(&page1[1].name), 2)
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 1);
+    assert!(page2[0].name.ends_with("/c3"));
+}
+
+#[tokio::test]
+async fn issuance_with_idempotency_replays_the_first_winner() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    let idem = IdempotencyRecord {
+        scope: "alloydb.generateClientCertificate".into(),
+        request_id: "r1".into(),
+        request_hash: vec![1],
+        response: vec![42],
+        create_time_unix: 100,
+    };
+    assert_eq!(
+        s.record_issuance(&issuance("s1", C1, Some("r1")), Some(&idem)).await.unwrap(),
+        IssuanceOutcome::Recorded
+    );
+    let mut second = idem.clone();
+    second.response = vec![43];
+    match s.record_issuance(&issuance("s2", C1, Some("r1")), Some(&second)).await.unwrap() {
+        IssuanceOutcome::Replay(r) => assert_eq!(r.response, vec![42]),
+        other => panic!("expected replay, got {other:?}"),
+    }
+    let recorded = s.list_issuances(C1).await.unwrap();
+    assert_eq!(recorded.len(), 1, "the loser's certificate is not recorded");
+    assert_eq!(recorded[0].serial_hex, "s1");
+    assert_eq!(
+        s.get_idempotent(&idem.scope, "r1").await.unwrap().unwrap().response,
+        vec![42]
+    );
+    assert_eq!(s.purge_idempotency(101).await.unwrap(), 1);
+    assert!(s.get_idempotent(&idem.scope, "r1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn counters_principals_tokens_keys() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    assert_eq!(s.next_counter("ip").await.unwrap(), 1);
+    assert_eq!(s.next_counter("ip").await.unwrap(), 2);
+    assert_eq!(s.next_counter("other").await.unwrap(), 1);
+
+    let p = PrincipalRecord {
+        id: "admin".into(),
+        kind: "user".into(),
+        display_name: "Administrator".into(),
+        create_time_unix: 1,
+    };
+    s.put_principal(&p).await.unwrap();
+    s.put_bearer_token(&[7; 32], "admin", 1).await.unwrap();
+    assert_eq!(s.principal_for_bearer(&[7; 32]).await.unwrap(), Some(p));
+    assert_eq!(s.principal_for_bearer(&[8; 32]).await.unwrap(), None);
+    // A token for a principal that does not exist is refused by the foreign key.
+    assert!(s.put_bearer_token(&[9; 32], "ghost", 1).await.is_err());
+
+    let k = SigningKeyRecord { kid: "k1".into(), key_der: vec![1], create_time_unix: 5 };
+    s.put_signing_key(&k).await.unwrap();
+    assert_eq!(s.signing_keys().await.unwrap(), vec![k]);
+}
+
+#[tokio::test]
+async fn file_database_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1")).await.unwrap();
+        s.close().await;
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert!(s.get_resource("k", C1).await.unwrap().is_some());
+    assert!(s.get_operation(&op("o1").name).await.unwrap().is_some());
+}
