@@ -1,1 +1,10 @@
-//! stub
+//! clustercred's own subset of Google's AlloyDB Admin (v1, v1beta, v1alpha), Edge Container v1, GKE
+//! Multi-Cloud v1 and google.longrunning APIs: Google's package, service, message and field names and numbers,
+//! compiled without protoc.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+
+include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+
+/// The encoded `FileDescriptorSet` of everything above, with the `google.api.http` annotations kept.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
