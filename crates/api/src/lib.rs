@@ -1,1 +1,16 @@
-//! stub
+//! API adapters: one module per Google API. Each validates the wire request (names, ids, durations, PEM),
+//! checks the caller's permission, calls the authority and the store, and shapes the reply. No crypto and no
+//! SQL here.
+
+pub mod alloydb;
+pub mod common;
+pub mod context;
+pub mod edgecontainer;
+pub mod errors;
+pub mod gkemulticloud;
+pub mod names;
+pub mod operations;
+
+pub use context::{
+    AccessControl, Clock, Ctx, Principal, Settings, StoredBearerTokens, SystemClock,
+};

@@ -1,14 +1,14 @@
 //! Cluster certificate authorities and the client certificates they issue.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::keys::{ClientPublicKey, PublicKeyAlgorithm};
-use crate::{random_serial, AuthorityError};
+use crate::{AuthorityError, random_serial};
 
 /// Issued certificates start a minute in the past, so a client whose clock lags a little accepts them.
 const BACKDATE: Duration = Duration::minutes(1);
@@ -70,7 +70,10 @@ fn with_newline(mut pem: String) -> String {
 
 impl ClusterCa {
     /// A new self-signed ECDSA P-256 CA that may sign end-entity certificates only (path length 0).
-    pub fn generate(params: &CaParams, now: OffsetDateTime) -> Result<(ClusterCa, CaMaterial), AuthorityError> {
+    pub fn generate(
+        params: &CaParams,
+        now: OffsetDateTime,
+    ) -> Result<(ClusterCa, CaMaterial), AuthorityError> {
         if params.validity <= Duration::ZERO {
             return Err(AuthorityError::BadLifetime);
         }
@@ -79,7 +82,11 @@ impl ClusterCa {
         let mut cert = CertificateParams::default();
         cert.distinguished_name = name(&params.common_name, params.organization.as_deref());
         cert.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        cert.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        cert.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         cert.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         cert.not_before = now - BACKDATE;
         cert.not_after = now + params.validity;
@@ -93,12 +100,15 @@ impl ClusterCa {
     }
 
     /// Loads a stored CA, checking that the key belongs to the certificate.
-    pub fn from_material(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<ClusterCa, AuthorityError> {
+    pub fn from_material(
+        cert_pem: &str,
+        key_pkcs8_der: &[u8],
+    ) -> Result<ClusterCa, AuthorityError> {
         let bad = |m: &str| AuthorityError::BadMaterial(m.to_string());
         let key = KeyPair::try_from(key_pkcs8_der).map_err(|e| bad(&format!("CA key: {e}")))?;
         let block = pem::parse(cert_pem).map_err(|_| bad("CA certificate is not PEM"))?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(block.contents()).map_err(|_| bad("CA certificate does not parse"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(block.contents())
+            .map_err(|_| bad("CA certificate does not parse"))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(bad("CA key does not match the CA certificate"));
         }
@@ -106,7 +116,11 @@ impl ClusterCa {
             .map_err(|_| bad("CA expiry out of range"))?;
         let issuer = Issuer::from_ca_cert_der(&block.contents().to_vec().into(), key)
             .map_err(|e| bad(&format!("CA certificate: {e}")))?;
-        Ok(ClusterCa { cert_pem: with_newline(cert_pem.to_string()), not_after, issuer })
+        Ok(ClusterCa {
+            cert_pem: with_newline(cert_pem.to_string()),
+            not_after,
+            issuer,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -147,7 +161,8 @@ impl ClusterCa {
         let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
         params.not_before = not_before;
         params.not_after = not_after;
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(req.public_key.spki_der()).map_err(cert_error)?;
+        let spki =
+            rcgen::SubjectPublicKeyInfo::from_der(req.public_key.spki_der()).map_err(cert_error)?;
         let cert = params.signed_by(&spki, &self.issuer).map_err(cert_error)?;
         Ok(IssuedCertificate {
             cert_pem: with_newline(cert.pem()),

@@ -76,13 +76,15 @@ impl ClientPublicKey {
         match block.tag() {
             "PUBLIC KEY" => Self::from_spki_der(block.contents()),
             "RSA PUBLIC KEY" => Self::from_spki_der(&wrap_pkcs1(block.contents())),
-            other => Err(KeyError::UnsupportedPemLabel(other.chars().take(40).collect())),
+            other => Err(KeyError::UnsupportedPemLabel(
+                other.chars().take(40).collect(),
+            )),
         }
     }
 
     pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
-        let (rest, spki) =
-            SubjectPublicKeyInfo::from_der(der).map_err(|_| KeyError::Malformed("not a SubjectPublicKeyInfo"))?;
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
+            .map_err(|_| KeyError::Malformed("not a SubjectPublicKeyInfo"))?;
         if !rest.is_empty() {
             return Err(KeyError::Malformed("trailing data after the key"));
         }
@@ -94,7 +96,9 @@ impl ClientPublicKey {
                     return Err(KeyError::Malformed("RSA key does not parse"));
                 };
                 let modulus = strip_zeros(rsa.modulus);
-                let bits = modulus.first().map_or(0, |b| modulus.len() * 8 - b.leading_zeros() as usize);
+                let bits = modulus
+                    .first()
+                    .map_or(0, |b| modulus.len() * 8 - b.leading_zeros() as usize);
                 if bits < 2048 {
                     return Err(KeyError::RsaTooSmall { bits });
                 }
@@ -119,24 +123,43 @@ impl ClientPublicKey {
                     .and_then(|p| p.as_oid().ok())
                     .map(|o| o.to_id_string())
                     .ok_or(KeyError::Malformed("EC key without a named curve"))?;
-                let (algorithm, verify): (_, &'static dyn signature::VerificationAlgorithm) = match curve.as_str() {
-                    OID_P256 => (PublicKeyAlgorithm::EcdsaP256, &signature::ECDSA_P256_SHA256_ASN1),
-                    OID_P384 => (PublicKeyAlgorithm::EcdsaP384, &signature::ECDSA_P384_SHA384_ASN1),
-                    other => return Err(KeyError::UnsupportedAlgorithm(format!("EC curve {other}"))),
-                };
+                let (algorithm, verify): (_, &'static dyn signature::VerificationAlgorithm) =
+                    match curve.as_str() {
+                        OID_P256 => (
+                            PublicKeyAlgorithm::EcdsaP256,
+                            &signature::ECDSA_P256_SHA256_ASN1,
+                        ),
+                        OID_P384 => (
+                            PublicKeyAlgorithm::EcdsaP384,
+                            &signature::ECDSA_P384_SHA384_ASN1,
+                        ),
+                        other => {
+                            return Err(KeyError::UnsupportedAlgorithm(format!("EC curve {other}")));
+                        }
+                    };
                 ParsedPublicKey::new(verify, key_bytes).map_err(|_| KeyError::InvalidEcPoint)?;
                 algorithm
             }
             OID_ED25519 => {
                 if spki.algorithm.parameters.is_some() || key_bytes.len() != 32 {
-                    return Err(KeyError::Malformed("Ed25519 key must be 32 bytes without parameters"));
+                    return Err(KeyError::Malformed(
+                        "Ed25519 key must be 32 bytes without parameters",
+                    ));
                 }
-                ParsedPublicKey::new(&signature::ED25519, key_bytes).map_err(|_| KeyError::InvalidEcPoint)?;
+                ParsedPublicKey::new(&signature::ED25519, key_bytes)
+                    .map_err(|_| KeyError::InvalidEcPoint)?;
                 PublicKeyAlgorithm::Ed25519
             }
-            other => return Err(KeyError::UnsupportedAlgorithm(other.chars().take(64).collect())),
+            other => {
+                return Err(KeyError::UnsupportedAlgorithm(
+                    other.chars().take(64).collect(),
+                ));
+            }
         };
-        Ok(ClientPublicKey { spki_der: der.to_vec(), algorithm })
+        Ok(ClientPublicKey {
+            spki_der: der.to_vec(),
+            algorithm,
+        })
     }
 
     pub fn spki_der(&self) -> &[u8] {
@@ -167,7 +190,10 @@ fn der_len(len: usize, out: &mut Vec<u8>) {
         out.push(len as u8);
     } else {
         let bytes = len.to_be_bytes();
-        let skip = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+        let skip = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
     }
@@ -175,7 +201,9 @@ fn der_len(len: usize, out: &mut Vec<u8>) {
 
 /// SubjectPublicKeyInfo { rsaEncryption, NULL } around a PKCS#1 RSAPublicKey (RFC 8017 A.1.1, RFC 5280).
 fn wrap_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
-    const ALG: &[u8] = &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+    const ALG: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
     let mut bit_string = vec![0x03];
     der_len(pkcs1.len() + 1, &mut bit_string);
     bit_string.push(0);
@@ -201,16 +229,27 @@ pub struct GeneratedKeyPair {
     pub public_key: ClientPublicKey,
 }
 
-pub fn generate_key_pair(algorithm: GeneratedKeyAlgorithm) -> Result<GeneratedKeyPair, AuthorityError> {
+pub fn generate_key_pair(
+    algorithm: GeneratedKeyAlgorithm,
+) -> Result<GeneratedKeyPair, AuthorityError> {
     use rcgen::{KeyPair, PublicKeyData, RsaKeySize};
     let key = match algorithm {
         GeneratedKeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        GeneratedKeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
-        GeneratedKeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
-        GeneratedKeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
+        GeneratedKeyAlgorithm::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+        }
+        GeneratedKeyAlgorithm::Rsa3072 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
+        }
+        GeneratedKeyAlgorithm::Rsa4096 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
+        }
     }
     .map_err(|e| AuthorityError::KeyGeneration(e.to_string()))?;
     let public_key = ClientPublicKey::from_spki_der(&key.subject_public_key_info())
         .map_err(|e| AuthorityError::KeyGeneration(e.to_string()))?;
-    Ok(GeneratedKeyPair { private_key_pem: Zeroizing::new(key.serialize_pem()), public_key })
+    Ok(GeneratedKeyPair {
+        private_key_pem: Zeroizing::new(key.serialize_pem()),
+        public_key,
+    })
 }

@@ -10,11 +10,12 @@ mod token;
 pub use ca::{CaMaterial, CaParams, ClusterCa, IssuedCertificate, LeafRequest};
 pub use error::AuthorityError;
 pub use keys::{
-    generate_key_pair, ClientPublicKey, GeneratedKeyAlgorithm, GeneratedKeyPair, KeyError, PublicKeyAlgorithm,
+    ClientPublicKey, GeneratedKeyAlgorithm, GeneratedKeyPair, KeyError, PublicKeyAlgorithm,
+    generate_key_pair,
 };
 pub use token::{
-    jwks_document, verify_service_account_token, Jwks, JwksError, MintRequest, MintedToken, SubjectTokenPolicy,
-    TokenError, TokenErrorKind, TokenSigner, VerifiedServiceAccount,
+    Jwks, JwksError, MintRequest, MintedToken, SubjectTokenPolicy, TokenError, TokenErrorKind,
+    TokenSigner, VerifiedServiceAccount, jwks_document, verify_service_account_token,
 };
 
 /// 128 random bits, positive as a DER INTEGER (RFC 5280 allows up to 20 octets; CAs must use at least 64

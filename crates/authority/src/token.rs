@@ -32,7 +32,9 @@ pub enum JwksError {
     Empty,
     #[error("JWKS key {0} carries private key material")]
     PrivateKey(usize),
-    #[error("JWKS key {0} is symmetric or of an unsupported type (RSA and EC P-256/P-384 are supported)")]
+    #[error(
+        "JWKS key {0} is symmetric or of an unsupported type (RSA and EC P-256/P-384 are supported)"
+    )]
     UnsupportedKey(usize),
     #[error("JWKS key {0} is an RSA key below 2048 bits")]
     WeakRsa(usize),
@@ -67,7 +69,10 @@ impl Jwks {
             return Err(JwksError::TooLarge);
         }
         let doc: Value = serde_json::from_slice(json).map_err(|_| JwksError::NotJwks)?;
-        let list = doc.get("keys").and_then(Value::as_array).ok_or(JwksError::NotJwks)?;
+        let list = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::NotJwks)?;
         if list.len() > MAX_JWKS_KEYS {
             return Err(JwksError::TooManyKeys);
         }
@@ -97,12 +102,17 @@ impl Jwks {
                 Some("RSA") | Some("EC") => {}
                 _ => return Err(JwksError::UnsupportedKey(i)),
             }
-            let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| JwksError::Malformed(i))?;
+            let jwk: Jwk =
+                serde_json::from_value(raw.clone()).map_err(|_| JwksError::Malformed(i))?;
             let family = match &jwk.algorithm {
                 AlgorithmParameters::RSA(rsa) => {
-                    let n = URL_SAFE_NO_PAD.decode(rsa.n.as_bytes()).map_err(|_| JwksError::Malformed(i))?;
+                    let n = URL_SAFE_NO_PAD
+                        .decode(rsa.n.as_bytes())
+                        .map_err(|_| JwksError::Malformed(i))?;
                     let n: &[u8] = &n[n.iter().position(|b| *b != 0).unwrap_or(n.len())..];
-                    let bits = n.first().map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+                    let bits = n
+                        .first()
+                        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
                     if bits < 2048 {
                         return Err(JwksError::WeakRsa(i));
                     }
@@ -119,7 +129,12 @@ impl Jwks {
                 _ => return Err(JwksError::UnsupportedKey(i)),
             };
             let key = DecodingKey::from_jwk(&jwk).map_err(|_| JwksError::Malformed(i))?;
-            keys.push(JwksKey { kid, alg, family, key });
+            keys.push(JwksKey {
+                kid,
+                alg,
+                family,
+                key,
+            });
         }
         if keys.is_empty() {
             return Err(JwksError::Empty);
@@ -148,7 +163,9 @@ pub enum TokenErrorKind {
 pub enum TokenError {
     #[error("token is malformed: {0}")]
     Malformed(&'static str),
-    #[error("token algorithm {0:?} is not allowed (RS256/384/512, PS256/384/512, ES256, ES384 are)")]
+    #[error(
+        "token algorithm {0:?} is not allowed (RS256/384/512, PS256/384/512, ES256, ES384 are)"
+    )]
     DisallowedAlgorithm(String),
     #[error("token has a crit header, which is not supported")]
     CritHeader,
@@ -168,7 +185,9 @@ pub enum TokenError {
     WrongIssuer,
     #[error("token audience is not one the cluster accepts")]
     WrongAudience,
-    #[error("token subject is not a Kubernetes service account (system:serviceaccount:<namespace>:<name>)")]
+    #[error(
+        "token subject is not a Kubernetes service account (system:serviceaccount:<namespace>:<name>)"
+    )]
     BadSubject,
 }
 
@@ -208,7 +227,11 @@ fn algorithm(name: &str) -> Result<(Algorithm, KeyFamily), TokenError> {
         "PS512" => (Algorithm::PS512, KeyFamily::Rsa),
         "ES256" => (Algorithm::ES256, KeyFamily::P256),
         "ES384" => (Algorithm::ES384, KeyFamily::P384),
-        other => return Err(TokenError::DisallowedAlgorithm(other.chars().take(16).collect())),
+        other => {
+            return Err(TokenError::DisallowedAlgorithm(
+                other.chars().take(16).collect(),
+            ));
+        }
     })
 }
 
@@ -219,15 +242,21 @@ fn header_of(token: &str) -> Result<Map<String, Value>, TokenError> {
     }
     let parts: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = parts.as_slice() else {
-        return Err(TokenError::Malformed("not a compact JWS (three dot-separated parts)"));
+        return Err(TokenError::Malformed(
+            "not a compact JWS (three dot-separated parts)",
+        ));
     };
     if payload.is_empty() || signature.is_empty() {
         return Err(TokenError::Malformed("empty payload or signature"));
     }
     for part in [payload, signature] {
-        URL_SAFE_NO_PAD.decode(part.as_bytes()).map_err(|_| TokenError::Malformed("not base64url"))?;
+        URL_SAFE_NO_PAD
+            .decode(part.as_bytes())
+            .map_err(|_| TokenError::Malformed("not base64url"))?;
     }
-    let bytes = URL_SAFE_NO_PAD.decode(header.as_bytes()).map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header.as_bytes())
+        .map_err(|_| TokenError::Malformed("header is not base64url"))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(TokenError::Malformed("header is not a JSON object")),
@@ -239,7 +268,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
         None => Ok(None),
         Some(v) => v
             .as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f as i64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() < 1e15)
+                    .map(|f| f as i64)
+            })
             .map(Some)
             .ok_or(TokenError::Malformed("time claim is not a number")),
     }
@@ -251,7 +284,9 @@ fn is_dns_label_or_subdomain(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -265,7 +300,10 @@ pub fn verify_service_account_token(
     now: OffsetDateTime,
 ) -> Result<VerifiedServiceAccount, TokenError> {
     let header = header_of(token)?;
-    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(TokenError::Malformed("header has no alg"))?;
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed("header has no alg"))?;
     let (alg, family) = algorithm(alg_name)?;
     if header.contains_key("crit") {
         return Err(TokenError::CritHeader);
@@ -279,7 +317,11 @@ pub fn verify_service_account_token(
     let fits = |k: &&JwksKey| k.family == family && k.alg.as_deref().is_none_or(|a| a == alg_name);
     let key = match kid {
         Some(kid) => {
-            let key = jwks.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).ok_or(TokenError::UnknownKeyId)?;
+            let key = jwks
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .ok_or(TokenError::UnknownKeyId)?;
             if !fits(&key) {
                 return Err(TokenError::NoMatchingKey);
             }
@@ -299,18 +341,20 @@ pub fn verify_service_account_token(
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::NoMatchingKey,
-            _ => TokenError::Malformed("payload is not a JSON object of claims"),
-        }
-    })?;
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::NoMatchingKey,
+                _ => TokenError::Malformed("payload is not a JSON object of claims"),
+            }
+        })?;
     let claims = data.claims;
 
     let leeway = policy.leeway.whole_seconds();
     let now_s = now.unix_timestamp();
-    let exp = numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
+    let exp =
+        numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
     if now_s > exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
@@ -324,19 +368,31 @@ pub fn verify_service_account_token(
     {
         return Err(TokenError::IssuedInFuture);
     }
-    let issuer = claims.get("iss").and_then(Value::as_str).ok_or(TokenError::WrongIssuer)?;
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::WrongIssuer)?;
     if issuer != policy.issuer {
         return Err(TokenError::WrongIssuer);
     }
     let audiences: Vec<String> = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],
-        Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => return Err(TokenError::WrongAudience),
     };
-    if !audiences.iter().any(|a| policy.accepted_audiences.contains(a)) {
+    if !audiences
+        .iter()
+        .any(|a| policy.accepted_audiences.contains(a))
+    {
         return Err(TokenError::WrongAudience);
     }
-    let subject = claims.get("sub").and_then(Value::as_str).ok_or(TokenError::BadSubject)?;
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::BadSubject)?;
     let (namespace, name) = subject
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
@@ -344,7 +400,8 @@ pub fn verify_service_account_token(
     if !is_dns_label_or_subdomain(namespace) || !is_dns_label_or_subdomain(name) {
         return Err(TokenError::BadSubject);
     }
-    let expires_at = OffsetDateTime::from_unix_timestamp(exp).map_err(|_| TokenError::Malformed("exp out of range"))?;
+    let expires_at = OffsetDateTime::from_unix_timestamp(exp)
+        .map_err(|_| TokenError::Malformed("exp out of range"))?;
     Ok(VerifiedServiceAccount {
         issuer: issuer.to_string(),
         subject: subject.to_string(),
@@ -352,7 +409,10 @@ pub fn verify_service_account_token(
         name: name.to_string(),
         audiences,
         expires_at,
-        token_id: claims.get("jti").and_then(Value::as_str).map(str::to_string),
+        token_id: claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -390,19 +450,33 @@ impl TokenSigner {
     }
 
     pub fn from_pkcs8(der: &[u8]) -> Result<TokenSigner, AuthorityError> {
-        let key = rcgen::KeyPair::try_from(der).map_err(|e| AuthorityError::BadMaterial(e.to_string()))?;
+        let key = rcgen::KeyPair::try_from(der)
+            .map_err(|e| AuthorityError::BadMaterial(e.to_string()))?;
         if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err(AuthorityError::BadMaterial("token signing key must be ECDSA P-256".into()));
+            return Err(AuthorityError::BadMaterial(
+                "token signing key must be ECDSA P-256".into(),
+            ));
         }
         let point = key.public_key_raw();
         let (x, y) = match point {
             [0x04, rest @ ..] if rest.len() == 64 => (&rest[..32], &rest[32..]),
-            _ => return Err(AuthorityError::BadMaterial("unexpected P-256 point encoding".into())),
+            _ => {
+                return Err(AuthorityError::BadMaterial(
+                    "unexpected P-256 point encoding".into(),
+                ));
+            }
         };
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(point)[..16]);
-        let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| AuthorityError::BadMaterial(e.to_string()))?;
-        Ok(TokenSigner { kid, encoding: EncodingKey::from_ec_der(der), decoding, x, y })
+        let decoding = DecodingKey::from_ec_components(&x, &y)
+            .map_err(|e| AuthorityError::BadMaterial(e.to_string()))?;
+        Ok(TokenSigner {
+            kid,
+            encoding: EncodingKey::from_ec_der(der),
+            decoding,
+            x,
+            y,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -416,7 +490,11 @@ impl TokenSigner {
         })
     }
 
-    pub fn mint(&self, req: &MintRequest<'_>, now: OffsetDateTime) -> Result<MintedToken, AuthorityError> {
+    pub fn mint(
+        &self,
+        req: &MintRequest<'_>,
+        now: OffsetDateTime,
+    ) -> Result<MintedToken, AuthorityError> {
         if req.lifetime <= Duration::ZERO {
             return Err(AuthorityError::BadLifetime);
         }
@@ -442,15 +520,31 @@ impl TokenSigner {
         header.kid = Some(self.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| AuthorityError::Signing(e.to_string()))?;
-        Ok(MintedToken { token, token_id, expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at) })
+        Ok(MintedToken {
+            token,
+            token_id,
+            expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
+        })
     }
 
     /// Verifies a token this signer minted for `audience`.
-    pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: OffsetDateTime) -> Result<Map<String, Value>, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: OffsetDateTime,
+    ) -> Result<Map<String, Value>, TokenError> {
         let header = header_of(token)?;
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return Err(TokenError::DisallowedAlgorithm(
-                header.get("alg").and_then(Value::as_str).unwrap_or("").chars().take(16).collect(),
+                header
+                    .get("alg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(16)
+                    .collect(),
             ));
         }
         if header.get("kid").and_then(Value::as_str) != Some(self.kid.as_str()) {
@@ -466,7 +560,8 @@ impl TokenSigner {
                 _ => TokenError::Malformed("not a token of ours"),
             })?
             .claims;
-        let exp = numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
+        let exp =
+            numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
         if now.unix_timestamp() >= exp {
             return Err(TokenError::Expired);
         }

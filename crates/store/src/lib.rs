@@ -58,7 +58,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a resource, its CA and every resource whose name lies below it, and records the operation,
     /// atomically. `NotFound` if it does not exist.
-    async fn delete_resource(&self, kind: &str, name: &str, operation: &OperationRecord) -> Result<()>;
+    async fn delete_resource(
+        &self,
+        kind: &str,
+        name: &str,
+        operation: &OperationRecord,
+    ) -> Result<()>;
 
     async fn get_ca(&self, owner: &str) -> Result<Option<CaRecord>>;
 
@@ -72,7 +77,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_operation(&self, name: &str) -> Result<bool>;
 
     /// The remembered outcome of a request id, if any (records older than the retention are gone).
-    async fn get_idempotent(&self, scope: &str, request_id: &str) -> Result<Option<IdempotencyRecord>>;
+    async fn get_idempotent(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>>;
 
     /// Records an issued certificate (and, when given, the idempotency record that makes retries replay the
     /// response) in one transaction. If another request with the same id committed first, nothing is written
@@ -97,7 +106,12 @@ pub trait Store: Send + Sync + 'static {
     async fn put_principal(&self, principal: &PrincipalRecord) -> Result<()>;
     async fn get_principal(&self, id: &str) -> Result<Option<PrincipalRecord>>;
     /// Registers a bearer token by its SHA-256 digest (the token itself is never stored).
-    async fn put_bearer_token(&self, token_sha256: &[u8], principal_id: &str, created_unix: i64) -> Result<()>;
+    async fn put_bearer_token(
+        &self,
+        token_sha256: &[u8],
+        principal_id: &str,
+        created_unix: i64,
+    ) -> Result<()>;
     async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>>;
 
     /// Signing keys for tokens clustercred mints, newest first.

@@ -217,7 +217,12 @@ impl Store for SqliteStore {
         rows.iter().map(resource_from_row).collect()
     }
 
-    async fn delete_resource(&self, kind: &str, name: &str, operation: &OperationRecord) -> Result<()> {
+    async fn delete_resource(
+        &self,
+        kind: &str,
+        name: &str,
+        operation: &OperationRecord,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM resources WHERE kind = ? AND name = ?")
             .bind(kind)
@@ -294,7 +299,11 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    async fn get_idempotent(&self, scope: &str, request_id: &str) -> Result<Option<IdempotencyRecord>> {
+    async fn get_idempotent(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
         let row = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
             .bind(scope)
             .bind(request_id)
@@ -310,11 +319,12 @@ impl Store for SqliteStore {
     ) -> Result<IssuanceOutcome> {
         let mut tx = self.begin_write().await?;
         if let Some(idem) = idempotency {
-            let existing = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
-                .bind(&idem.scope)
-                .bind(&idem.request_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let existing =
+                sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
+                    .bind(&idem.scope)
+                    .bind(&idem.request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if let Some(row) = existing {
                 // Someone with the same id finished first: keep theirs, write nothing of ours.
                 let record = idempotency_from_row(&row)?;
@@ -353,10 +363,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>> {
-        let rows = sqlx::query("SELECT * FROM issuances WHERE owner = ? ORDER BY create_time, serial")
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM issuances WHERE owner = ? ORDER BY create_time, serial")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| {
                 Ok(IssuanceRecord {
@@ -430,13 +441,20 @@ impl Store for SqliteStore {
         row.as_ref().map(principal_from_row).transpose()
     }
 
-    async fn put_bearer_token(&self, token_sha256: &[u8], principal_id: &str, created_unix: i64) -> Result<()> {
-        sqlx::query("INSERT INTO bearer_tokens (token_sha256, principal_id, create_time) VALUES (?, ?, ?)")
-            .bind(token_sha256)
-            .bind(principal_id)
-            .bind(created_unix)
-            .execute(&self.pool)
-            .await?;
+    async fn put_bearer_token(
+        &self,
+        token_sha256: &[u8],
+        principal_id: &str,
+        created_unix: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time) VALUES (?, ?, ?)",
+        )
+        .bind(token_sha256)
+        .bind(principal_id)
+        .bind(created_unix)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

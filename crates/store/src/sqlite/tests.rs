@@ -55,20 +55,33 @@ async fn create_get_list_delete_with_children_and_ca() {
         .await
         .unwrap();
     let inst = format!("{C1}/instances/i1");
-    s.create_resource(&res("i", &inst, C1), None, &op("o2")).await.unwrap();
+    s.create_resource(&res("i", &inst, C1), None, &op("o2"))
+        .await
+        .unwrap();
     // Duplicate: refused, and the operation of the failed attempt is not written.
-    let dup = s.create_resource(&res("k", C1, PARENT), None, &op("o3")).await;
+    let dup = s
+        .create_resource(&res("k", C1, PARENT), None, &op("o3"))
+        .await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists)));
     assert!(s.get_operation(&op("o3").name).await.unwrap().is_none());
 
-    assert_eq!(s.get_resource("k", C1).await.unwrap().unwrap().data, C1.as_bytes());
+    assert_eq!(
+        s.get_resource("k", C1).await.unwrap().unwrap().data,
+        C1.as_bytes()
+    );
     assert_eq!(s.get_ca(C1).await.unwrap().unwrap().key_der, vec![9; 8]);
     assert!(s.get_resource("other-kind", C1).await.unwrap().is_none());
 
     s.delete_resource("k", C1, &op("o4")).await.unwrap();
     assert!(s.get_resource("k", C1).await.unwrap().is_none());
-    assert!(s.get_resource("i", &inst).await.unwrap().is_none(), "children go too");
-    assert!(s.get_ca(C1).await.unwrap().is_none(), "the CA goes with its cluster");
+    assert!(
+        s.get_resource("i", &inst).await.unwrap().is_none(),
+        "children go too"
+    );
+    assert!(
+        s.get_ca(C1).await.unwrap().is_none(),
+        "the CA goes with its cluster"
+    );
     assert!(s.get_operation(&op("o4").name).await.unwrap().is_some());
     assert!(matches!(
         s.delete_resource("k", C1, &op("o5")).await,
@@ -80,8 +93,12 @@ async fn create_get_list_delete_with_children_and_ca() {
 async fn delete_does_not_touch_names_sharing_a_prefix() {
     let s = SqliteStore::in_memory().await.unwrap();
     let c10 = format!("{C1}0");
-    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("a")).await.unwrap();
-    s.create_resource(&res("k", &c10, PARENT), Some(&ca(&c10)), &op("b")).await.unwrap();
+    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("a"))
+        .await
+        .unwrap();
+    s.create_resource(&res("k", &c10, PARENT), Some(&ca(&c10)), &op("b"))
+        .await
+        .unwrap();
     s.delete_resource("k", C1, &op("c")).await.unwrap();
     assert!(s.get_resource("k", &c10).await.unwrap().is_some());
     assert!(s.get_ca(&c10).await.unwrap().is_some());
@@ -96,11 +113,22 @@ async fn list_pages_in_name_order() {
             .await
             .unwrap();
     }
-    s.create_resource(&res("k", "projects/q/locations/l/clusters/x", "projects/q/locations/l"), None, &op("ox"))
-        .await
-        .unwrap();
+    s.create_resource(
+        &res(
+            "k",
+            "projects/q/locations/l/clusters/x",
+            "projects/q/locations/l",
+        ),
+        None,
+        &op("ox"),
+    )
+    .await
+    .unwrap();
     let page1 = s.list_resources("k", PARENT, None, 2).await.unwrap();
-    let names: Vec<_> = page1.iter().map(|r| r.name.rsplit('/').next().unwrap()).collect();
+    let names: Vec<_> = page1
+        .iter()
+        .map(|r| r.name.rsplit('/').next().unwrap())
+        .collect();
     assert_eq!(names, ["c1", "c2"]);
     let page2 = s
         .list_resources("k", PARENT, Some(&page1[1].name), 2)
@@ -121,12 +149,18 @@ async fn issuance_with_idempotency_replays_the_first_winner() {
         create_time_unix: 100,
     };
     assert_eq!(
-        s.record_issuance(&issuance("s1", C1, Some("r1")), Some(&idem)).await.unwrap(),
+        s.record_issuance(&issuance("s1", C1, Some("r1")), Some(&idem))
+            .await
+            .unwrap(),
         IssuanceOutcome::Recorded
     );
     let mut second = idem.clone();
     second.response = vec![43];
-    match s.record_issuance(&issuance("s2", C1, Some("r1")), Some(&second)).await.unwrap() {
+    match s
+        .record_issuance(&issuance("s2", C1, Some("r1")), Some(&second))
+        .await
+        .unwrap()
+    {
         IssuanceOutcome::Replay(r) => assert_eq!(r.response, vec![42]),
         other => panic!("expected replay, got {other:?}"),
     }
@@ -134,7 +168,11 @@ async fn issuance_with_idempotency_replays_the_first_winner() {
     assert_eq!(recorded.len(), 1, "the loser's certificate is not recorded");
     assert_eq!(recorded[0].serial_hex, "s1");
     assert_eq!(
-        s.get_idempotent(&idem.scope, "r1").await.unwrap().unwrap().response,
+        s.get_idempotent(&idem.scope, "r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .response,
         vec![42]
     );
     assert_eq!(s.purge_idempotency(101).await.unwrap(), 1);
@@ -161,7 +199,11 @@ async fn counters_principals_tokens_keys() {
     // A token for a principal that does not exist is refused by the foreign key.
     assert!(s.put_bearer_token(&[9; 32], "ghost", 1).await.is_err());
 
-    let k = SigningKeyRecord { kid: "k1".into(), key_der: vec![1], create_time_unix: 5 };
+    let k = SigningKeyRecord {
+        kid: "k1".into(),
+        key_der: vec![1],
+        create_time_unix: 5,
+    };
     s.put_signing_key(&k).await.unwrap();
     assert_eq!(s.signing_keys().await.unwrap(), vec![k]);
 }
@@ -172,7 +214,9 @@ async fn file_database_persists_across_reopen() {
     let path = dir.path().join("db.sqlite");
     {
         let s = SqliteStore::open(&path).await.unwrap();
-        s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1")).await.unwrap();
+        s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1"))
+            .await
+            .unwrap();
         s.close().await;
     }
     let s = SqliteStore::open(&path).await.unwrap();

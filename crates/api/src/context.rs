@@ -1,0 +1,429 @@
+//! What every API adapter shares: the store, the clock, settings, the token signer, the access-control seam,
+//! and helpers for operations, idempotency and CAs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use clustercred_authority::{CaMaterial, CaParams, ClusterCa, GeneratedKeyAlgorithm, TokenSigner};
+use clustercred_store::{CaRecord, IdempotencyRecord, IssuanceOutcome, IssuanceRecord, Store};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use crate::errors::{from_authority, from_store, invalid_field, with_reason};
+
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// Server settings that shape issuance. Defaults are documented in the README.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Lifetime of a new cluster CA.
+    pub ca_validity: Duration,
+    /// AlloyDB client certificates: default and allowed range of `cert_duration`.
+    pub client_cert_default: Duration,
+    pub client_cert_min: Duration,
+    pub client_cert_max: Duration,
+    /// Edge offline credentials: lifetime and key algorithm.
+    pub offline_credential_lifetime: Duration,
+    pub offline_key_algorithm: GeneratedKeyAlgorithm,
+    /// Agent tokens: lifetime, issuer (`iss`, also where /.well-known/openid-configuration is served),
+    /// audiences accepted in subject tokens besides `<project>.svc.id.goog`, clock skew allowed.
+    pub agent_token_lifetime: Duration,
+    pub token_issuer: String,
+    pub extra_agent_audiences: Vec<String>,
+    pub token_leeway: Duration,
+    /// How long a completed request id is remembered (Google promises at least 60 minutes).
+    pub idempotency_retention: Duration,
+    /// Defaults for an Edge cluster's Kubernetes API endpoint when the create request names none.
+    pub edge_default_endpoint: String,
+    pub edge_default_port: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ca_validity: Duration::days(3650),
+            client_cert_default: Duration::hours(1),
+            client_cert_min: Duration::hours(1),
+            client_cert_max: Duration::hours(24),
+            offline_credential_lifetime: Duration::hours(12),
+            offline_key_algorithm: GeneratedKeyAlgorithm::EcdsaP256,
+            agent_token_lifetime: Duration::hours(1),
+            token_issuer: "http://127.0.0.1:8080".into(),
+            extra_agent_audiences: Vec::new(),
+            token_leeway: Duration::seconds(60),
+            idempotency_retention: Duration::hours(24),
+            edge_default_endpoint: "127.0.0.1".into(),
+            edge_default_port: 6443,
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The identity certificates and tokens name (e.g. `admin`).
+    pub id: String,
+    /// `user` or `serviceAccount`.
+    pub kind: String,
+}
+
+/// The access-control seam: every method authenticates the caller and checks the Google permission it
+/// documents (e.g. `alloydb.clusters.generateClientCertificate`) on the resource it touches.
+#[async_trait]
+pub trait AccessControl: Send + Sync + 'static {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status>;
+    async fn authorize(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource: &str,
+    ) -> Result<(), Status>;
+}
+
+/// Bearer tokens registered in the store (by SHA-256 digest). Until finer identities arrive every registered
+/// principal is an administrator and holds every permission.
+pub struct StoredBearerTokens {
+    store: Arc<dyn Store>,
+}
+
+impl StoredBearerTokens {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoredBearerTokens { store }
+    }
+}
+
+fn unauthenticated(message: &str) -> Status {
+    with_reason(Code::Unauthenticated, "ACCESS_TOKEN_INVALID", message)
+}
+
+#[async_trait]
+impl AccessControl for StoredBearerTokens {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
+        let Some(value) = metadata.get("authorization") else {
+            return Err(unauthenticated(
+                "request is missing the authorization header (Bearer token)",
+            ));
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| unauthenticated("authorization header is not valid text"))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(unauthenticated(
+                    "authorization header must use the Bearer scheme",
+                ));
+            }
+        };
+        if token.is_empty() || token.len() > 8192 {
+            return Err(unauthenticated("invalid bearer token"));
+        }
+        let digest = Sha256::digest(token.as_bytes());
+        let principal = self
+            .store
+            .principal_for_bearer(&digest)
+            .await
+            .map_err(|e| from_store("authenticating the caller", e))?
+            .ok_or_else(|| unauthenticated("invalid bearer token"))?;
+        Ok(Principal {
+            id: principal.id,
+            kind: principal.kind,
+        })
+    }
+
+    async fn authorize(
+        &self,
+        _principal: &Principal,
+        _permission: &str,
+        _resource: &str,
+    ) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// Shared state of the API adapters.
+pub struct Ctx {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+    pub signer: Arc<TokenSigner>,
+    pub access: Arc<dyn AccessControl>,
+    cas: RwLock<HashMap<String, Arc<LoadedCa>>>,
+}
+
+struct LoadedCa {
+    cert_pem: String,
+    ca: ClusterCa,
+}
+
+impl Ctx {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        signer: Arc<TokenSigner>,
+        access: Arc<dyn AccessControl>,
+    ) -> Self {
+        Ctx {
+            store,
+            clock,
+            settings,
+            signer,
+            access,
+            cas: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Authenticates the caller and checks `permission` on `resource`.
+    pub async fn authorize<T>(
+        &self,
+        request: &tonic::Request<T>,
+        permission: &str,
+        resource: &str,
+    ) -> Result<Principal, Status> {
+        let principal = self.access.authenticate(request.metadata()).await?;
+        self.access
+            .authorize(&principal, permission, resource)
+            .await?;
+        tracing::debug!(principal = %principal.id, permission, resource, "authorized");
+        Ok(principal)
+    }
+
+    /// A new CA for the resource `owner`, ready to persist with it.
+    pub fn new_ca(&self, owner: &str, common_name: &str) -> Result<(CaRecord, String), Status> {
+        let now = self.now();
+        let (_, material) = ClusterCa::generate(
+            &CaParams {
+                common_name: common_name.to_string(),
+                organization: Some("clustercred".into()),
+                validity: self.settings.ca_validity,
+            },
+            now,
+        )
+        .map_err(|e| from_authority("generating a cluster CA", e))?;
+        let CaMaterial {
+            cert_pem,
+            key_pkcs8_der,
+        } = material;
+        let record = CaRecord {
+            owner: owner.to_string(),
+            cert_pem: cert_pem.clone(),
+            key_der: key_pkcs8_der.to_vec(),
+            not_after_unix: (now + self.settings.ca_validity).unix_timestamp(),
+            create_time_unix: now.unix_timestamp(),
+        };
+        Ok((record, cert_pem))
+    }
+
+    /// The CA of `owner`, parsed once and cached while the stored certificate stays the same.
+    pub async fn ca(&self, owner: &str) -> Result<Option<Arc<ClusterCaRef>>, Status> {
+        let Some(record) = self
+            .store
+            .get_ca(owner)
+            .await
+            .map_err(|e| from_store("loading a cluster CA", e))?
+        else {
+            return Ok(None);
+        };
+        if let Ok(cache) = self.cas.read()
+            && let Some(loaded) = cache.get(owner)
+            && loaded.cert_pem == record.cert_pem
+        {
+            return Ok(Some(Arc::new(ClusterCaRef(loaded.clone()))));
+        }
+        let ca = ClusterCa::from_material(&record.cert_pem, &record.key_der)
+            .map_err(|e| from_authority("loading a cluster CA", e))?;
+        let loaded = Arc::new(LoadedCa {
+            cert_pem: record.cert_pem,
+            ca,
+        });
+        if let Ok(mut cache) = self.cas.write() {
+            cache.insert(owner.to_string(), loaded.clone());
+        }
+        Ok(Some(Arc::new(ClusterCaRef(loaded))))
+    }
+
+    pub fn forget_ca(&self, owner: &str) {
+        if let Ok(mut cache) = self.cas.write() {
+            cache.retain(|k, _| k != owner && !k.starts_with(&format!("{owner}/")));
+        }
+    }
+
+    /// Runs `issue` at most once per request id: a retry with the same id and the same request gets the first
+    /// response back; the same id with a different request is refused. The issuance record (and the
+    /// idempotency record) are durable before the response is returned.
+    pub async fn issue_once<R, F>(
+        &self,
+        scope: &str,
+        request_id: Option<&str>,
+        request_fingerprint: &[u8],
+        issue: F,
+    ) -> Result<R, Status>
+    where
+        R: Message + Default,
+        F: FnOnce() -> Result<(R, IssuanceRecord), Status>,
+    {
+        let hash = Sha256::digest(request_fingerprint).to_vec();
+        let now = self.now();
+        let retention_start = (now - self.settings.idempotency_retention).unix_timestamp();
+        if let Some(id) = request_id {
+            let existing = self
+                .store
+                .get_idempotent(scope, id)
+                .await
+                .map_err(|e| from_store("checking the request id", e))?;
+            match existing {
+                Some(r) if r.create_time_unix >= retention_start => return replay(r, &hash),
+                // A forgotten-in-principle record under this id must not block a new request.
+                Some(_) => {
+                    self.store
+                        .purge_idempotency(retention_start)
+                        .await
+                        .map_err(|e| from_store("purging old request ids", e))?;
+                }
+                None => {}
+            }
+        }
+        let (response, issuance) = issue()?;
+        let idempotency = request_id.map(|id| IdempotencyRecord {
+            scope: scope.to_string(),
+            request_id: id.to_string(),
+            request_hash: hash.clone(),
+            response: response.encode_to_vec(),
+            create_time_unix: now.unix_timestamp(),
+        });
+        match self
+            .store
+            .record_issuance(&issuance, idempotency.as_ref())
+            .await
+            .map_err(|e| from_store("recording the issued certificate", e))?
+        {
+            IssuanceOutcome::Recorded => Ok(response),
+            IssuanceOutcome::Replay(existing) => replay(existing, &hash),
+        }
+    }
+}
+
+fn replay<R: Message + Default>(existing: IdempotencyRecord, hash: &[u8]) -> Result<R, Status> {
+    if existing.request_hash != hash {
+        return Err(invalid_field(
+            "request_id",
+            "was already used for a different request; use a new request id",
+        ));
+    }
+    R::decode(existing.response.as_slice())
+        .map_err(|e| crate::errors::internal("replaying a response", e))
+}
+
+/// A loaded cluster CA.
+pub struct ClusterCaRef(Arc<LoadedCa>);
+
+impl std::ops::Deref for ClusterCaRef {
+    type Target = ClusterCa;
+    fn deref(&self) -> &ClusterCa {
+        &self.0.ca
+    }
+}
+
+/// Resource persistence shared by the adapters: typed messages in, typed messages out, store errors mapped
+/// to the status Google returns (`label` names the resource type in messages, e.g. "cluster").
+impl Ctx {
+    pub async fn load<M: Message + Default>(
+        &self,
+        kind: &str,
+        label: &str,
+        name: &str,
+    ) -> Result<M, Status> {
+        let record = self
+            .store
+            .get_resource(kind, name)
+            .await
+            .map_err(|e| from_store("reading a resource", e))?
+            .ok_or_else(|| crate::errors::not_found(label, name))?;
+        M::decode(record.data.as_slice())
+            .map_err(|e| crate::errors::internal("decoding a stored resource", e))
+    }
+
+    /// One page of resources of `kind` under `parent`, and the token of the next page.
+    pub async fn list<M: Message + Default>(
+        &self,
+        kind: &str,
+        parent: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<M>, String), Status> {
+        let page = crate::common::parse_page(page_size, page_token, parent)?;
+        let records = self
+            .store
+            .list_resources(kind, parent, page.after.as_deref(), page.size)
+            .await
+            .map_err(|e| from_store("listing resources", e))?;
+        let next = crate::common::next_page_token(
+            records.len(),
+            &page,
+            records.last().map(|r| r.name.as_str()),
+        );
+        let items = records
+            .iter()
+            .map(|r| M::decode(r.data.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| crate::errors::internal("decoding stored resources", e))?;
+        Ok((items, next))
+    }
+
+    pub async fn insert(
+        &self,
+        label: &str,
+        record: &clustercred_store::ResourceRecord,
+        ca: Option<&CaRecord>,
+        operation: &clustercred_store::OperationRecord,
+    ) -> Result<(), Status> {
+        match self.store.create_resource(record, ca, operation).await {
+            Ok(()) => {
+                self.forget_ca(&record.name);
+                Ok(())
+            }
+            Err(clustercred_store::StoreError::AlreadyExists) => {
+                Err(crate::errors::already_exists(label, &record.name))
+            }
+            Err(e) => Err(from_store("creating a resource", e)),
+        }
+    }
+
+    pub async fn remove(
+        &self,
+        kind: &str,
+        label: &str,
+        name: &str,
+        operation: &clustercred_store::OperationRecord,
+    ) -> Result<(), Status> {
+        match self.store.delete_resource(kind, name, operation).await {
+            Ok(()) => {
+                self.forget_ca(name);
+                Ok(())
+            }
+            Err(clustercred_store::StoreError::NotFound) => {
+                Err(crate::errors::not_found(label, name))
+            }
+            Err(e) => Err(from_store("deleting a resource", e)),
+        }
+    }
+}
