@@ -110,6 +110,33 @@ pub fn duration(field: &str, d: &prost_types::Duration) -> Result<time::Duration
     Ok(time::Duration::new(d.seconds, d.nanos))
 }
 
+/// A finished operation (ours complete before the reply) and the record that makes it readable later.
+pub fn done_operation(
+    now: OffsetDateTime,
+    location: &str,
+    metadata: Any,
+    response: Any,
+) -> (
+    clustercred_proto::google::longrunning::Operation,
+    clustercred_store::OperationRecord,
+) {
+    use clustercred_proto::google::longrunning::{Operation, operation};
+    let name = format!("{location}/operations/{}", new_operation_id(now));
+    let op = Operation {
+        name: name.clone(),
+        metadata: Some(metadata),
+        done: true,
+        result: Some(operation::Result::Response(response)),
+    };
+    let record = clustercred_store::OperationRecord {
+        name,
+        parent: location.to_string(),
+        data: op.encode_to_vec(),
+        create_time_unix: now.unix_timestamp(),
+    };
+    (op, record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,31 +207,4 @@ mod tests {
             .is_err()
         );
     }
-}
-
-/// A finished operation (ours complete before the reply) and the record that makes it readable later.
-pub fn done_operation(
-    now: OffsetDateTime,
-    location: &str,
-    metadata: Any,
-    response: Any,
-) -> (
-    clustercred_proto::google::longrunning::Operation,
-    clustercred_store::OperationRecord,
-) {
-    use clustercred_proto::google::longrunning::{Operation, operation};
-    let name = format!("{location}/operations/{}", new_operation_id(now));
-    let op = Operation {
-        name: name.clone(),
-        metadata: Some(metadata),
-        done: true,
-        result: Some(operation::Result::Response(response)),
-    };
-    let record = clustercred_store::OperationRecord {
-        name,
-        parent: location.to_string(),
-        data: op.encode_to_vec(),
-        create_time_unix: now.unix_timestamp(),
-    };
-    (op, record)
 }
