@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true).include_source_info(false);
     compiler.open_files(FILES)?;
     // Encoded by protox itself: prost-types would drop the google.api.http extension values.
-    std::fs::write(out.join("descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out.join("descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

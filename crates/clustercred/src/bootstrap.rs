@@ -1,0 +1,77 @@
+//! First start: the data directory, the administrator and its bearer token, the token-signing key.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clustercred_authority::TokenSigner;
+use clustercred_store::{PrincipalRecord, SigningKeyRecord, Store};
+use sha2::{Digest, Sha256};
+
+pub const ADMIN_PRINCIPAL: &str = "admin";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const DATABASE_FILE: &str = "clustercred.db";
+
+/// Creates the data directory (mode 0700) if needed.
+pub fn data_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// On first start, creates the administrator and writes its bearer token to `admin.token` (mode 0600). The
+/// store keeps only the token's SHA-256. Returns the token file's path.
+pub async fn admin(store: &dyn Store, dir: &Path, now_unix: i64) -> Result<PathBuf> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    if store.get_principal(ADMIN_PRINCIPAL).await?.is_some() {
+        return Ok(path);
+    }
+    let token = format!("ccadm_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its old mode through open(): set it explicitly.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    store
+        .put_principal(&PrincipalRecord {
+            id: ADMIN_PRINCIPAL.into(),
+            kind: "user".into(),
+            display_name: "Administrator (created on first start)".into(),
+            create_time_unix: now_unix,
+        })
+        .await?;
+    store
+        .put_bearer_token(&Sha256::digest(token.as_bytes()), ADMIN_PRINCIPAL, now_unix)
+        .await?;
+    tracing::info!(path = %path.display(), "created the administrator; its bearer token is in this file");
+    Ok(path)
+}
+
+/// The newest token-signing key, generated on first start.
+pub async fn signing_key(store: &dyn Store, now_unix: i64) -> Result<TokenSigner> {
+    if let Some(record) = store.signing_keys().await?.into_iter().next() {
+        return TokenSigner::from_pkcs8(&record.key_der).context("loading the token-signing key");
+    }
+    let (signer, der) = TokenSigner::generate().context("generating the token-signing key")?;
+    store
+        .put_signing_key(&SigningKeyRecord {
+            kid: signer.kid().to_string(),
+            key_der: der.to_vec(),
+            create_time_unix: now_unix,
+        })
+        .await?;
+    Ok(signer)
+}

@@ -1,0 +1,137 @@
+//! `clustercred serve` settings, from flags or `CLUSTERCRED_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use clustercred_api::Settings;
+use clustercred_authority::GeneratedKeyAlgorithm;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OfflineKeyAlgorithm {
+    EcdsaP256,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// Address for gRPC (h2c) and REST (HTTP/1.1 and HTTP/2) together. Port 0 picks a free port.
+    #[arg(long, env = "CLUSTERCRED_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the first-start admin token (created with mode 0700).
+    #[arg(
+        long,
+        env = "CLUSTERCRED_DATA_DIR",
+        default_value = "./clustercred-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Public base URL of this server: the `iss` of minted tokens and the base of
+    /// /.well-known/openid-configuration. Default: http://<listen address>.
+    #[arg(long, env = "CLUSTERCRED_ISSUER_URL")]
+    pub issuer_url: Option<String>,
+
+    /// Key algorithm of Edge offline credentials.
+    #[arg(
+        long,
+        env = "CLUSTERCRED_OFFLINE_KEY_ALGORITHM",
+        value_enum,
+        default_value = "ecdsa-p256"
+    )]
+    pub offline_key_algorithm: OfflineKeyAlgorithm,
+
+    /// Lifetime of Edge offline credentials, in seconds (default 12 hours).
+    #[arg(long, env = "CLUSTERCRED_OFFLINE_CREDENTIAL_LIFETIME", default_value_t = 12 * 3600,
+          value_parser = clap::value_parser!(u32).range(300..=30 * 86400))]
+    pub offline_credential_lifetime_secs: u32,
+
+    /// Lifetime of agent access tokens, in seconds (at most 3600).
+    #[arg(long, env = "CLUSTERCRED_AGENT_TOKEN_LIFETIME", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(60..=3600))]
+    pub agent_token_lifetime_secs: u32,
+
+    /// Audiences accepted in attached clusters' subject tokens besides `<project>.svc.id.goog` (repeatable).
+    #[arg(
+        long = "agent-audience",
+        env = "CLUSTERCRED_AGENT_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub agent_audiences: Vec<String>,
+
+    /// Default Kubernetes API endpoint reported for Edge clusters created without one.
+    #[arg(long, env = "CLUSTERCRED_EDGE_ENDPOINT", default_value = "127.0.0.1")]
+    pub edge_endpoint: String,
+
+    /// Default Kubernetes API port reported for Edge clusters created without one.
+    #[arg(long, env = "CLUSTERCRED_EDGE_PORT", default_value_t = 6443)]
+    pub edge_port: u16,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "CLUSTERCRED_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// A configuration with every default, for tests.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            issuer_url: None,
+            offline_key_algorithm: OfflineKeyAlgorithm::EcdsaP256,
+            offline_credential_lifetime_secs: 12 * 3600,
+            agent_token_lifetime_secs: 3600,
+            agent_audiences: Vec::new(),
+            edge_endpoint: "127.0.0.1".into(),
+            edge_port: 6443,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    pub fn settings(&self, bound: SocketAddr) -> Settings {
+        let issuer = self
+            .issuer_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+            .trim_end_matches('/')
+            .to_string();
+        Settings {
+            offline_credential_lifetime: time::Duration::seconds(i64::from(
+                self.offline_credential_lifetime_secs,
+            )),
+            offline_key_algorithm: match self.offline_key_algorithm {
+                OfflineKeyAlgorithm::EcdsaP256 => GeneratedKeyAlgorithm::EcdsaP256,
+                OfflineKeyAlgorithm::Rsa2048 => GeneratedKeyAlgorithm::Rsa2048,
+                OfflineKeyAlgorithm::Rsa3072 => GeneratedKeyAlgorithm::Rsa3072,
+                OfflineKeyAlgorithm::Rsa4096 => GeneratedKeyAlgorithm::Rsa4096,
+            },
+            agent_token_lifetime: time::Duration::seconds(i64::from(
+                self.agent_token_lifetime_secs,
+            )),
+            token_issuer: issuer,
+            extra_agent_audiences: self
+                .agent_audiences
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            edge_default_endpoint: self.edge_endpoint.clone(),
+            edge_default_port: i32::from(self.edge_port),
+            ..Settings::default()
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The clustercred server: configuration, first-start bootstrap, and the assembly of store, authority, API
+//! adapters and transport into one listener.
+
+pub mod bootstrap;
+pub mod config;
+pub mod server;
+
+pub use config::ServeConfig;
+pub use server::{Server, run};

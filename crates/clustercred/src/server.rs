@@ -1,0 +1,161 @@
+//! Assembles the server: store, bootstrap, API services, gRPC health and reflection, REST transcoding and
+//! the OpenID discovery documents, all on one listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Json;
+use axum::routing::get;
+use clustercred_api::alloydb::{AlloyDb, AlloyDbV1, AlloyDbV1alpha, AlloyDbV1beta};
+use clustercred_api::edgecontainer::EdgeContainerService;
+use clustercred_api::gkemulticloud::AttachedClustersService;
+use clustercred_api::operations::OperationsService;
+use clustercred_api::{Clock, Ctx, StoredBearerTokens, SystemClock};
+use clustercred_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+
+use crate::bootstrap;
+use crate::config::ServeConfig;
+
+/// A bound, ready server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_token_path: PathBuf,
+    pub issuer: String,
+    listener: TcpListener,
+    app: axum::Router,
+    store: Arc<SqliteStore>,
+    ctx: Arc<Ctx>,
+}
+
+impl Server {
+    /// Opens the data directory (bootstrapping it on first start) and binds the listener.
+    pub async fn bind(config: &ServeConfig) -> Result<Server> {
+        bootstrap::data_dir(&config.data_dir)?;
+        let store = Arc::new(
+            SqliteStore::open(&config.data_dir.join(bootstrap::DATABASE_FILE))
+                .await
+                .context("opening the database")?,
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let now = clock.now().unix_timestamp();
+        let admin_token_path = bootstrap::admin(store.as_ref(), &config.data_dir, now).await?;
+        let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let settings = config.settings(addr);
+        let issuer = settings.token_issuer.clone();
+
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let access = Arc::new(StoredBearerTokens::new(dyn_store.clone()));
+        let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer.clone(), access));
+
+        let alloydb = AlloyDb::new(ctx.clone());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(clustercred_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let routes = tonic::service::Routes::new(AlloyDbV1(alloydb.clone()).into_server())
+            .add_service(AlloyDbV1beta(alloydb.clone()).into_server())
+            .add_service(AlloyDbV1alpha(alloydb).into_server())
+            .add_service(EdgeContainerService::new(ctx.clone()).into_server())
+            .add_service(AttachedClustersService::new(ctx.clone()).into_server())
+            .add_service(OperationsService::new(ctx.clone()).into_server())
+            .add_service(health_service)
+            .add_service(reflection);
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        // TRANSPORT-PENDING: REST gateway
+
+        let jwks = clustercred_authority::jwks_document(&[signer.as_ref()]);
+        let discovery = serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        });
+        let extra = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { Json(discovery) }),
+            )
+            .route(
+                "/.well-known/jwks.json",
+                get(move || async move { Json(jwks) }),
+            )
+            .route("/healthz", get(|| async { "ok\n" }));
+        let app = routes.into_axum_router().merge(extra);
+        Ok(Server {
+            addr,
+            admin_token_path,
+            issuer,
+            listener,
+            app,
+            store,
+            ctx,
+        })
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let purge = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let before = (ctx.now() - ctx.settings.idempotency_retention).unix_timestamp();
+                if let Err(e) = ctx.store.purge_idempotency(before).await {
+                    tracing::warn!(error = %e, "purging old request ids failed");
+                }
+            }
+        });
+        let result = axum::serve(
+            self.listener,
+            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        purge.abort();
+        self.store.close().await;
+        result.context("serving")
+    }
+}
+
+/// `clustercred serve`: bind, announce, serve until SIGINT or SIGTERM.
+pub async fn run(config: ServeConfig) -> Result<()> {
+    let server = Server::bind(&config).await?;
+    tracing::info!(address = %server.addr, issuer = %server.issuer, admin_token = %server.admin_token_path.display(),
+        "clustercred serving gRPC and REST");
+    eprintln!("admin bearer token: {}", server.admin_token_path.display());
+    // Scripts and tests wait for this line on stdout.
+    println!("listening on {}", server.addr);
+    server.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,105 @@
+//! A real server on an ephemeral port with a temporary data directory, and clients for it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clustercred::{ServeConfig, Server};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer::start_in(dir.path().to_path_buf()).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn start_in(data_dir: PathBuf) -> TestServer {
+        let config = ServeConfig::for_data_dir(data_dir.clone());
+        let server = Server::bind(&config).await.expect("server binds");
+        let addr = server.addr;
+        let token = std::fs::read_to_string(&server.admin_token_path).expect("admin token written");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            token,
+            data_dir,
+            _dir: None,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to release the database.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+        self._dir.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    pub fn auth(&self) -> Auth {
+        Auth(Some(format!("Bearer {}", self.token)))
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth(pub Option<String>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(
+                "authorization",
+                MetadataValue::try_from(v.as_str()).expect("ascii"),
+            );
+        }
+        Ok(req)
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A P-256 key pair: (PKCS#8 DER, SPKI PEM, uncompressed point).
+pub fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen")
+}
+
+pub fn parse_cert(pem_text: &str) -> Vec<u8> {
+    pem::parse(pem_text).expect("PEM").into_contents()
+}
