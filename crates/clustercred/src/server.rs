@@ -15,6 +15,7 @@ use clustercred_api::gkemulticloud::AttachedClustersService;
 use clustercred_api::operations::OperationsService;
 use clustercred_api::{Clock, Ctx, StoredBearerTokens, SystemClock};
 use clustercred_store::{SqliteStore, Store};
+use clustercred_transport::{ApiMount, RestGateway};
 use tokio::net::TcpListener;
 
 use crate::bootstrap;
@@ -29,6 +30,19 @@ pub struct Server {
     app: axum::Router,
     store: Arc<SqliteStore>,
     ctx: Arc<Ctx>,
+}
+
+fn mounts() -> Vec<ApiMount> {
+    let mount = |prefix: &str, package: &str| ApiMount {
+        prefix: prefix.to_string(),
+        packages: vec![package.to_string()],
+        host_markers: vec![format!("{prefix}.")],
+    };
+    vec![
+        mount("alloydb", "google.cloud.alloydb."),
+        mount("edgecontainer", "google.cloud.edgecontainer."),
+        mount("gkemulticloud", "google.cloud.gkemulticloud."),
+    ]
 }
 
 impl Server {
@@ -74,7 +88,10 @@ impl Server {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
 
-        // TRANSPORT-PENDING: REST gateway
+        let pool = prost_reflect::DescriptorPool::decode(clustercred_proto::FILE_DESCRIPTOR_SET)
+            .context("loading the proto descriptors")?;
+        let gateway = RestGateway::new(pool, mounts(), vec!["google.longrunning.".to_string()])
+            .context("reading the HTTP rules")?;
 
         let jwks = clustercred_authority::jwks_document(&[signer.as_ref()]);
         let discovery = serde_json::json!({
@@ -94,7 +111,7 @@ impl Server {
                 get(move || async move { Json(jwks) }),
             )
             .route("/healthz", get(|| async { "ok\n" }));
-        let app = routes.into_axum_router().merge(extra);
+        let app = clustercred_transport::router(routes, gateway, extra);
         Ok(Server {
             addr,
             admin_token_path,
@@ -119,12 +136,7 @@ impl Server {
                 }
             }
         });
-        let result = axum::serve(
-            self.listener,
-            self.app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = clustercred_transport::serve(self.listener, self.app, shutdown).await;
         purge.abort();
         self.store.close().await;
         result.context("serving")

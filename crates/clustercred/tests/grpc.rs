@@ -445,7 +445,6 @@ async fn offline_credentials_match_and_chain_to_the_edge_cluster_ca() {
     let cluster = c
         .get_cluster(edge::GetClusterRequest {
             name: format!("{LOCATION}/clusters/edge1"),
-            ..Default::default()
         })
         .await
         .unwrap()

@@ -1,1 +1,68 @@
-//! stub
+//! Transport: gRPC (h2c) and REST/JSON on one listener. REST is transcoded from the `google.api.http`
+//! annotations in the compiled descriptors and dispatched through the same gRPC services in process, so both
+//! share one path through authentication, validation and logging.
+
+mod errors;
+mod template;
+mod transcode;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use http::{Request, Response};
+use tower::ServiceExt;
+
+pub use errors::{error_body, http_status, invalid_field, status_name, status_to_http};
+pub use template::{RequestPath, Template, TemplateError};
+pub use transcode::{ApiMount, DEFAULT_BODY_LIMIT, GatewayError, RestGateway};
+
+fn is_grpc(req: &Request<Body>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The one-port application: `extra` routes first (exact paths), then gRPC for `application/grpc*` requests,
+/// then the REST gateway for everything else.
+pub fn router(
+    grpc: tonic::service::Routes,
+    gateway: RestGateway,
+    extra: axum::Router,
+) -> axum::Router {
+    let grpc_router = grpc.clone().prepare().into_axum_router();
+    let fallback = tower::service_fn(move |req: Request<Body>| {
+        let grpc_router = grpc_router.clone();
+        let grpc = grpc.clone();
+        let gateway = gateway.clone();
+        async move {
+            let response: Response<Body> = if is_grpc(&req) {
+                match grpc_router.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            } else {
+                gateway.handle(grpc, req).await
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    extra.fallback_service(fallback)
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until `shutdown` resolves; the peer address is available
+/// to handlers as `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
