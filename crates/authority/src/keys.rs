@@ -134,7 +134,9 @@ impl ClientPublicKey {
                             &signature::ECDSA_P384_SHA384_ASN1,
                         ),
                         other => {
-                            return Err(KeyError::UnsupportedAlgorithm(format!("EC curve {other}")));
+                            return Err(KeyError::UnsupportedAlgorithm(format!(
+                                "EC curve {other}"
+                            )));
                         }
                     };
                 ParsedPublicKey::new(verify, key_bytes).map_err(|_| KeyError::InvalidEcPoint)?;
