@@ -124,9 +124,7 @@ impl AlloyDb {
                 ..op
             });
         }
-        let (ca, _) = self
-            .ctx
-            .new_ca(&name, &format!("AlloyDB cluster CA {name}"))?;
+        let (ca, _) = self.ctx.new_ca(&name, "AlloyDB")?;
         let record = ResourceRecord {
             kind: CLUSTER_KIND.into(),
             name: name.clone(),

@@ -207,13 +207,15 @@ impl Ctx {
         Ok(principal)
     }
 
-    /// A new CA for the resource `owner`, ready to persist with it.
-    pub fn new_ca(&self, owner: &str, common_name: &str) -> Result<(CaRecord, String), Status> {
+    /// A new CA for the resource `owner`, ready to persist with it. Subject: CN = the resource id (at most 63
+    /// characters, within X.520's 64), O = "clustercred <api> cluster CA".
+    pub fn new_ca(&self, owner: &str, api: &str) -> Result<(CaRecord, String), Status> {
         let now = self.now();
+        let id = owner.rsplit('/').next().unwrap_or(owner);
         let (_, material) = ClusterCa::generate(
             &CaParams {
-                common_name: common_name.to_string(),
-                organization: Some("clustercred".into()),
+                common_name: id.to_string(),
+                organization: Some(format!("clustercred {api} cluster CA")),
                 validity: self.settings.ca_validity,
             },
             now,

@@ -77,7 +77,7 @@ impl EdgeContainer for EdgeContainerService {
 
         let now = self.ctx.now();
         let settings = &self.ctx.settings;
-        let (ca, ca_pem) = self.ctx.new_ca(&name, &format!("Edge cluster CA {name}"))?;
+        let (ca, ca_pem) = self.ctx.new_ca(&name, "Edge Container")?;
         cluster.name = name.clone();
         cluster.create_time = Some(timestamp(now));
         cluster.update_time = Some(timestamp(now));
