@@ -125,7 +125,7 @@ async fn path_query_and_metadata_reach_the_service() {
     assert_eq!(path, "/google.cloud.alloydb.v1.AlloyDBAdmin/GetCluster");
     assert_eq!(req.name, C);
     assert_eq!(req.view, 1);
-    let headers = &seen.lock().unwrap()[0].2;
+    let headers = seen.lock().unwrap()[0].2.clone();
     assert_eq!(headers["authorization"], "Bearer t");
     assert_eq!(headers["x-goog-request-params"], "a=b");
     assert_eq!(headers["content-type"], "application/grpc");
