@@ -15,6 +15,8 @@ const FILES: &[&str] = &[
     "google/cloud/alloydb/connectors/v1/resources.proto",
     "google/cloud/edgecontainer/v1/service.proto",
     "google/cloud/gkemulticloud/v1/service.proto",
+    "google/iam/admin/v1/iam.proto",
+    "google/cloudresourcemanager/v1/projects.proto",
 ];
 
 /// AlloyDB v1beta and v1alpha are v1 under another package and path, plus deprecated fields the connectors'

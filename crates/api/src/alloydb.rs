@@ -82,7 +82,8 @@ impl AlloyDb {
             .clone()
             .ok_or_else(|| invalid_field("cluster", "is required"))?;
         let name = format!("{location}/clusters/{}", req.cluster_id);
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "alloydb.clusters.create", &name)
             .await?;
 
@@ -133,8 +134,20 @@ impl AlloyDb {
             data: cluster.encode_to_vec(),
             create_time_unix: now.unix_timestamp(),
         };
+        let event = self.ctx.ok_event(
+            &caller,
+            &name,
+            "created cluster and its CA",
+            &req.request_id,
+        );
         self.ctx
-            .insert("cluster", &record, Some(&ca), &op_record)
+            .insert(
+                "cluster",
+                &record,
+                Some(&ca),
+                Some(&op_record),
+                Some(&event),
+            )
             .await?;
         Ok(op)
     }
@@ -184,7 +197,8 @@ impl AlloyDb {
         let name = parse_resource("name", &req.name, "clusters")?;
         parse_request_id(&req.request_id)?;
         let name_s = name.to_string();
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "alloydb.clusters.delete", &name_s)
             .await?;
         let cluster = self.load_cluster(&name).await?;
@@ -219,8 +233,20 @@ impl AlloyDb {
                 ..op
             });
         }
+        let event = self.ctx.ok_event(
+            &caller,
+            &name_s,
+            "deleted cluster and its CA",
+            &req.request_id,
+        );
         self.ctx
-            .remove(CLUSTER_KIND, "cluster", &name_s, &op_record)
+            .remove(
+                CLUSTER_KIND,
+                "cluster",
+                &name_s,
+                Some(&op_record),
+                Some(&event),
+            )
             .await?;
         Ok(op)
     }
@@ -239,7 +265,8 @@ impl AlloyDb {
             .clone()
             .ok_or_else(|| invalid_field("instance", "is required"))?;
         let name = format!("{cluster_name}/instances/{}", req.instance_id);
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "alloydb.instances.create", &name)
             .await?;
         self.load_cluster(&cluster_name).await?;
@@ -286,8 +313,14 @@ impl AlloyDb {
             data: instance.encode_to_vec(),
             create_time_unix: now.unix_timestamp(),
         };
+        let event = self.ctx.ok_event(
+            &caller,
+            &name,
+            format!("created instance at {}", instance.ip_address),
+            &req.request_id,
+        );
         self.ctx
-            .insert("instance", &record, None, &op_record)
+            .insert("instance", &record, None, Some(&op_record), Some(&event))
             .await?;
         Ok(op)
     }
@@ -351,7 +384,8 @@ impl AlloyDb {
         let name = parse_child("name", &req.name, "clusters", "instances")?;
         parse_request_id(&req.request_id)?;
         let name_s = name.to_string();
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "alloydb.instances.delete", &name_s)
             .await?;
         let instance = self.load_instance(&name).await?;
@@ -373,8 +407,17 @@ impl AlloyDb {
                 ..op
             });
         }
+        let event = self
+            .ctx
+            .ok_event(&caller, &name_s, "deleted instance", &req.request_id);
         self.ctx
-            .remove(INSTANCE_KIND, "instance", &name_s, &op_record)
+            .remove(
+                INSTANCE_KIND,
+                "instance",
+                &name_s,
+                Some(&op_record),
+                Some(&event),
+            )
             .await?;
         Ok(op)
     }
@@ -406,7 +449,7 @@ impl AlloyDb {
         let req = request.get_ref();
         let cluster_name = parse_resource("parent", &req.parent, "clusters")?;
         let cluster_s = cluster_name.to_string();
-        let principal = self
+        let caller = self
             .ctx
             .authorize(
                 &request,
@@ -414,6 +457,7 @@ impl AlloyDb {
                 &cluster_s,
             )
             .await?;
+        let principal = &caller.principal;
         let request_id = parse_request_id(&req.request_id)?;
         let settings = &self.ctx.settings;
         let lifetime = match &req.cert_duration {
@@ -493,14 +537,16 @@ impl AlloyDb {
                         pem_certificate_chain: vec![issued.cert_pem, ca.cert_pem().to_string()],
                         ca_cert: ca.cert_pem().to_string(),
                     };
-                    tracing::info!(
-                        cluster = %cluster_s,
-                        serial = %record.serial_hex,
-                        subject = %record.subject,
-                        not_after = record.not_after_unix,
-                        "issued client certificate"
+                    let event = self.ctx.ok_event(
+                        &caller,
+                        &cluster_s,
+                        format!(
+                            "client certificate serial {} for {} until {}",
+                            record.serial_hex, record.subject, record.not_after_unix
+                        ),
+                        request_id.as_deref().unwrap_or_default(),
                     );
-                    Ok((response, record))
+                    Ok((response, record, event))
                 },
             )
             .await

@@ -6,7 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use clustercred_authority::{CaMaterial, CaParams, ClusterCa, GeneratedKeyAlgorithm, TokenSigner};
-use clustercred_store::{CaRecord, IdempotencyRecord, IssuanceOutcome, IssuanceRecord, Store};
+use clustercred_store::{
+    AuditEvent, CaRecord, IdempotencyRecord, IssuanceOutcome, IssuanceRecord, Store,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -81,6 +83,59 @@ pub struct Principal {
     pub kind: String,
 }
 
+impl Principal {
+    /// The IAM member string: `user:admin`, `serviceAccount:EMAIL`.
+    pub fn member(&self) -> String {
+        format!("{}:{}", self.kind, self.id)
+    }
+}
+
+/// The peer address of a request, put in the request's extensions by the transport.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress(pub std::net::SocketAddr);
+
+/// What the audit log records about where a call came from.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    /// `package.Service/Method`.
+    pub method: String,
+    pub client_address: String,
+    pub user_agent: String,
+}
+
+impl RequestMeta {
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        let method = request
+            .extensions()
+            .get::<tonic::GrpcMethod>()
+            .map(|m| format!("{}/{}", m.service(), m.method()))
+            .unwrap_or_default();
+        let client_address = request
+            .extensions()
+            .get::<ClientAddress>()
+            .map(|a| a.0.to_string())
+            .unwrap_or_default();
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect())
+            .unwrap_or_default();
+        RequestMeta {
+            method,
+            client_address,
+            user_agent,
+        }
+    }
+}
+
+/// An authenticated, authorized caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub meta: RequestMeta,
+}
+
 /// The access-control seam: every method authenticates the caller and checks the Google permission it
 /// documents (e.g. `alloydb.clusters.generateClientCertificate`) on the resource it touches.
 #[async_trait]
@@ -104,6 +159,13 @@ impl StoredBearerTokens {
     pub fn new(store: Arc<dyn Store>) -> Self {
         StoredBearerTokens { store }
     }
+}
+
+/// The structured log line of an audit event (target `audit`).
+pub fn log_event(e: &AuditEvent) {
+    tracing::info!(target: "audit", principal = %e.principal, method = %e.method, resource = %e.resource,
+        outcome = %e.outcome, status = %e.status, detail = %e.detail, request_id = %e.request_id,
+        client = %e.client_address, user_agent = %e.user_agent, "audit");
 }
 
 fn unauthenticated(message: &str) -> Status {
@@ -192,19 +254,108 @@ impl Ctx {
         self.clock.now()
     }
 
-    /// Authenticates the caller and checks `permission` on `resource`.
+    /// Authenticates the caller and checks `permission` on `resource`. Every refusal becomes an audit event.
     pub async fn authorize<T>(
         &self,
         request: &tonic::Request<T>,
         permission: &str,
         resource: &str,
-    ) -> Result<Principal, Status> {
-        let principal = self.access.authenticate(request.metadata()).await?;
-        self.access
+    ) -> Result<Caller, Status> {
+        let meta = RequestMeta::of(request);
+        let principal = match self.access.authenticate(request.metadata()).await {
+            Ok(p) => p,
+            Err(status) => {
+                self.record_refusal("anonymous", &meta, permission, resource, &status)
+                    .await;
+                return Err(status);
+            }
+        };
+        if let Err(status) = self
+            .access
             .authorize(&principal, permission, resource)
-            .await?;
+            .await
+        {
+            self.record_refusal(&principal.member(), &meta, permission, resource, &status)
+                .await;
+            return Err(status);
+        }
         tracing::debug!(principal = %principal.id, permission, resource, "authorized");
-        Ok(principal)
+        Ok(Caller { principal, meta })
+    }
+
+    /// An audit event for this moment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        &self,
+        principal: &str,
+        meta: &RequestMeta,
+        resource: &str,
+        status: Code,
+        detail: impl Into<String>,
+        request_id: &str,
+    ) -> AuditEvent {
+        let outcome = match status {
+            Code::Ok => "ok",
+            Code::PermissionDenied | Code::Unauthenticated => "denied",
+            _ => "error",
+        };
+        AuditEvent {
+            time_unix_nanos: i64::try_from(self.now().unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            principal: principal.to_string(),
+            method: meta.method.clone(),
+            resource: resource.to_string(),
+            outcome: outcome.to_string(),
+            status: format!("{status:?}"),
+            detail: detail.into(),
+            request_id: request_id.to_string(),
+            client_address: meta.client_address.clone(),
+            user_agent: meta.user_agent.clone(),
+        }
+    }
+
+    /// A successful action's audit event.
+    pub fn ok_event(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        detail: impl Into<String>,
+        request_id: &str,
+    ) -> AuditEvent {
+        self.event(
+            &caller.principal.member(),
+            &caller.meta,
+            resource,
+            Code::Ok,
+            detail,
+            request_id,
+        )
+    }
+
+    /// Writes an event on its own and mirrors it to the log. A failed audit write is logged, not hidden.
+    pub async fn audit(&self, event: &AuditEvent) {
+        log_event(event);
+        if let Err(e) = self.store.append_audit(event).await {
+            tracing::error!(error = %e, "writing an audit event failed");
+        }
+    }
+
+    async fn record_refusal(
+        &self,
+        principal: &str,
+        meta: &RequestMeta,
+        permission: &str,
+        resource: &str,
+        status: &Status,
+    ) {
+        let event = self.event(
+            principal,
+            meta,
+            resource,
+            status.code(),
+            format!("{permission}: {}", status.message()),
+            "",
+        );
+        self.audit(&event).await;
     }
 
     /// A new CA for the resource `owner`, ready to persist with it. Subject: CN = the resource id (at most 63
@@ -281,7 +432,7 @@ impl Ctx {
     ) -> Result<R, Status>
     where
         R: Message + Default,
-        F: FnOnce() -> Result<(R, IssuanceRecord), Status>,
+        F: FnOnce() -> Result<(R, IssuanceRecord, AuditEvent), Status>,
     {
         let hash = Sha256::digest(request_fingerprint).to_vec();
         let now = self.now();
@@ -304,7 +455,7 @@ impl Ctx {
                 None => {}
             }
         }
-        let (response, issuance) = issue()?;
+        let (response, issuance, event) = issue()?;
         let idempotency = request_id.map(|id| IdempotencyRecord {
             scope: scope.to_string(),
             request_id: id.to_string(),
@@ -314,11 +465,14 @@ impl Ctx {
         });
         match self
             .store
-            .record_issuance(&issuance, idempotency.as_ref())
+            .record_issuance(&issuance, idempotency.as_ref(), Some(&event))
             .await
             .map_err(|e| from_store("recording the issued certificate", e))?
         {
-            IssuanceOutcome::Recorded => Ok(response),
+            IssuanceOutcome::Recorded => {
+                log_event(&event);
+                Ok(response)
+            }
             IssuanceOutcome::Replay(existing) => replay(existing, &hash),
         }
     }
@@ -396,10 +550,18 @@ impl Ctx {
         label: &str,
         record: &clustercred_store::ResourceRecord,
         ca: Option<&CaRecord>,
-        operation: &clustercred_store::OperationRecord,
+        operation: Option<&clustercred_store::OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<(), Status> {
-        match self.store.create_resource(record, ca, operation).await {
+        match self
+            .store
+            .create_resource(record, ca, operation, audit)
+            .await
+        {
             Ok(()) => {
+                if let Some(event) = audit {
+                    log_event(event);
+                }
                 self.forget_ca(&record.name);
                 Ok(())
             }
@@ -415,10 +577,18 @@ impl Ctx {
         kind: &str,
         label: &str,
         name: &str,
-        operation: &clustercred_store::OperationRecord,
+        operation: Option<&clustercred_store::OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<(), Status> {
-        match self.store.delete_resource(kind, name, operation).await {
+        match self
+            .store
+            .delete_resource(kind, name, operation, audit)
+            .await
+        {
             Ok(()) => {
+                if let Some(event) = audit {
+                    log_event(event);
+                }
                 self.forget_ca(name);
                 Ok(())
             }

@@ -71,7 +71,8 @@ impl EdgeContainer for EdgeContainerService {
             .clone()
             .ok_or_else(|| invalid_field("cluster", "is required"))?;
         let name = format!("{location}/clusters/{}", req.cluster_id);
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "edgecontainer.clusters.create", &name)
             .await?;
 
@@ -106,7 +107,18 @@ impl EdgeContainer for EdgeContainerService {
             create_time_unix: now.unix_timestamp(),
         };
         self.ctx
-            .insert("cluster", &record, Some(&ca), &op_record)
+            .insert(
+                "cluster",
+                &record,
+                Some(&ca),
+                Some(&op_record),
+                Some(&self.ctx.ok_event(
+                    &caller,
+                    &name,
+                    "created cluster and its CA",
+                    &req.request_id,
+                )),
+            )
             .await?;
         Ok(Response::new(op))
     }
@@ -152,13 +164,25 @@ impl EdgeContainer for EdgeContainerService {
         let name = parse_resource("name", &req.name, "clusters")?;
         parse_request_id(&req.request_id)?;
         let name_s = name.to_string();
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "edgecontainer.clusters.delete", &name_s)
             .await?;
         let (op, op_record) =
             self.operation(&name.parent.to_string(), &name_s, "delete", empty_any());
         self.ctx
-            .remove(CLUSTER_KIND, "cluster", &name_s, &op_record)
+            .remove(
+                CLUSTER_KIND,
+                "cluster",
+                &name_s,
+                Some(&op_record),
+                Some(&self.ctx.ok_event(
+                    &caller,
+                    &name_s,
+                    "deleted cluster and its CA",
+                    &req.request_id,
+                )),
+            )
             .await?;
         Ok(Response::new(op))
     }
@@ -170,10 +194,11 @@ impl EdgeContainer for EdgeContainerService {
         let name = parse_resource("cluster", &request.get_ref().cluster, "clusters")?.to_string();
         // Google documents `edgecontainer.clusters.get` for this method: the certificate only says who the
         // caller is; Kubernetes RBAC decides what it may do.
-        let principal = self
+        let caller = self
             .ctx
             .authorize(&request, "edgecontainer.clusters.get", &name)
             .await?;
+        let principal = caller.principal.clone();
         let _: pb::Cluster = self.ctx.load(CLUSTER_KIND, "cluster", &name).await?;
         let ca = self
             .ctx
@@ -216,13 +241,21 @@ impl EdgeContainer for EdgeContainerService {
             public_key_sha256: key.public_key.sha256_fingerprint_hex(),
             create_time_unix: now.unix_timestamp(),
         };
+        let event = self.ctx.ok_event(
+            &caller,
+            &name,
+            format!(
+                "offline credential serial {} for {} until {}",
+                record.serial_hex, record.subject, record.not_after_unix
+            ),
+            "",
+        );
         self.ctx
             .store
-            .record_issuance(&record, None)
+            .record_issuance(&record, None, Some(&event))
             .await
             .map_err(|e| from_store("recording the offline credential", e))?;
-        tracing::info!(cluster = %name, serial = %record.serial_hex, subject = %record.subject,
-            not_after = record.not_after_unix, "issued offline credential");
+        crate::context::log_event(&event);
         Ok(Response::new(pb::GenerateOfflineCredentialResponse {
             client_certificate: issued.cert_pem,
             client_key: key.private_key_pem.to_string(),

@@ -55,6 +55,9 @@ pub fn from_store(context: &str, err: StoreError) -> Status {
         StoreError::Backend(_) => internal(context, err),
         StoreError::AlreadyExists => Status::already_exists(context.to_string()),
         StoreError::NotFound => Status::not_found(context.to_string()),
+        StoreError::Conflict => {
+            Status::aborted(format!("concurrent modification while {context}; retry"))
+        }
     }
 }
 

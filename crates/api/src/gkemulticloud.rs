@@ -118,7 +118,8 @@ impl AttachedClusters for AttachedClustersService {
             .clone()
             .ok_or_else(|| invalid_field("attached_cluster", "is required"))?;
         let name = format!("{location}/attachedClusters/{}", req.attached_cluster_id);
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "gkemulticloud.attachedClusters.create", &name)
             .await?;
 
@@ -172,7 +173,12 @@ impl AttachedClusters for AttachedClustersService {
             data: cluster.encode_to_vec(),
             create_time_unix: now.unix_timestamp(),
         };
-        self.ctx.insert(LABEL, &record, None, &op_record).await?;
+        let event = self
+            .ctx
+            .ok_event(&caller, &name, "registered attached cluster", "");
+        self.ctx
+            .insert(LABEL, &record, None, Some(&op_record), Some(&event))
+            .await?;
         Ok(Response::new(op))
     }
 
@@ -213,7 +219,8 @@ impl AttachedClusters for AttachedClustersService {
         let req = request.get_ref();
         let name = parse_resource("name", &req.name, "attachedClusters")?;
         let name_s = name.to_string();
-        self.ctx
+        let caller = self
+            .ctx
             .authorize(&request, "gkemulticloud.attachedClusters.delete", &name_s)
             .await?;
         let (op, op_record) =
@@ -245,7 +252,12 @@ impl AttachedClusters for AttachedClustersService {
                 ..op
             }));
         }
-        self.ctx.remove(KIND, LABEL, &name_s, &op_record).await?;
+        let event = self
+            .ctx
+            .ok_event(&caller, &name_s, "deleted attached cluster", "");
+        self.ctx
+            .remove(KIND, LABEL, &name_s, Some(&op_record), Some(&event))
+            .await?;
         Ok(Response::new(op))
     }
 
@@ -254,6 +266,7 @@ impl AttachedClusters for AttachedClustersService {
         request: Request<pb::GenerateAttachedClusterAgentTokenRequest>,
     ) -> Result<Response<pb::GenerateAttachedClusterAgentTokenResponse>, Status> {
         // No bearer token: like Google STS, the subject token itself is the credential.
+        let meta = crate::context::RequestMeta::of(&request);
         let req = request.get_ref();
         let name = parse_resource(
             "attached_cluster",
@@ -318,8 +331,23 @@ impl AttachedClusters for AttachedClustersService {
                 leeway: self.ctx.settings.token_leeway,
             },
             now,
-        )
-        .map_err(|e| from_token("subject_token", e))?;
+        );
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                let status = from_token("subject_token", e);
+                let event = self.ctx.event(
+                    "anonymous",
+                    &meta,
+                    &name_s,
+                    status.code(),
+                    status.message(),
+                    "",
+                );
+                self.ctx.audit(&event).await;
+                return Err(status);
+            }
+        };
 
         let audience = if req.audience.is_empty() {
             accepted[0].clone()
@@ -358,19 +386,33 @@ impl AttachedClusters for AttachedClustersService {
                 now,
             )
             .map_err(|e| crate::errors::from_authority("minting an access token", e))?;
+        let event = self.ctx.event(
+            &format!("kubernetes:{}", verified.subject),
+            &meta,
+            &name_s,
+            tonic::Code::Ok,
+            format!(
+                "agent access token {} until {}",
+                minted.token_id,
+                minted.expires_at.unix_timestamp()
+            ),
+            "",
+        );
         self.ctx
             .store
-            .record_token(&TokenRecord {
-                token_id: minted.token_id.clone(),
-                owner: name_s.clone(),
-                subject: verified.subject.clone(),
-                expires_unix: minted.expires_at.unix_timestamp(),
-                create_time_unix: now.unix_timestamp(),
-            })
+            .record_token(
+                &TokenRecord {
+                    token_id: minted.token_id.clone(),
+                    owner: name_s.clone(),
+                    subject: verified.subject.clone(),
+                    expires_unix: minted.expires_at.unix_timestamp(),
+                    create_time_unix: now.unix_timestamp(),
+                },
+                Some(&event),
+            )
             .await
             .map_err(|e| from_store("recording the minted token", e))?;
-        tracing::info!(attached_cluster = %name_s, subject = %verified.subject, token_id = %minted.token_id,
-            "minted agent access token");
+        crate::context::log_event(&event);
         let expires_in = i32::try_from((minted.expires_at - now).whole_seconds()).unwrap_or(0);
         Ok(Response::new(
             pb::GenerateAttachedClusterAgentTokenResponse {

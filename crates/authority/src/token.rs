@@ -142,6 +142,37 @@ impl Jwks {
         Ok(Jwks { keys })
     }
 
+    /// A key set from public keys we hold ourselves (service-account keys): (kid, key). RSA only, as
+    /// google-auth signs RS256.
+    pub fn from_public_keys(keys: &[(String, crate::ClientPublicKey)]) -> Result<Jwks, JwksError> {
+        use x509_parser::prelude::FromDer;
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, (kid, key)) in keys.iter().enumerate() {
+            let (family, decoding) = match key.algorithm() {
+                crate::PublicKeyAlgorithm::Rsa { .. } => {
+                    let (_, spki) =
+                        x509_parser::x509::SubjectPublicKeyInfo::from_der(key.spki_der())
+                            .map_err(|_| JwksError::Malformed(i))?;
+                    let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else {
+                        return Err(JwksError::Malformed(i));
+                    };
+                    (
+                        KeyFamily::Rsa,
+                        DecodingKey::from_rsa_raw_components(rsa.modulus, rsa.exponent),
+                    )
+                }
+                _ => return Err(JwksError::UnsupportedKey(i)),
+            };
+            out.push(JwksKey {
+                kid: Some(kid.clone()),
+                alg: None,
+                family,
+                key: decoding,
+            });
+        }
+        Ok(Jwks { keys: out })
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -292,13 +323,36 @@ fn is_dns_label_or_subdomain(s: &str) -> bool {
         })
 }
 
-/// Verifies a Kubernetes service-account JWT (RFC 7519/7515) against the cluster's JWKS.
-pub fn verify_service_account_token(
+/// The unverified `kid` and claims of a compact JWS, to decide which keys to verify it with. Nothing read here
+/// may be trusted before `verify_jwt` succeeds.
+pub fn peek_jwt(token: &str) -> Result<(Option<String>, Map<String, Value>), TokenError> {
+    let header = header_of(token)?;
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or(TokenError::Malformed("no payload"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.as_bytes())
+        .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(claims)) => Ok((kid, claims)),
+        _ => Err(TokenError::Malformed("payload is not a JSON object")),
+    }
+}
+
+/// Verifies a compact JWS against `jwks`: an asymmetric algorithm (never `none` or HMAC), no `crit`, the key
+/// chosen by `kid`, the signature, `exp` (required), `nbf` and `iat` with `leeway`. Issuer, audience and
+/// subject are the caller's to check on the returned claims.
+pub fn verify_jwt(
     token: &str,
     jwks: &Jwks,
-    policy: &SubjectTokenPolicy,
     now: OffsetDateTime,
-) -> Result<VerifiedServiceAccount, TokenError> {
+    leeway: Duration,
+) -> Result<Map<String, Value>, TokenError> {
     let header = header_of(token)?;
     let alg_name = header
         .get("alg")
@@ -308,7 +362,7 @@ pub fn verify_service_account_token(
     if header.contains_key("crit") {
         return Err(TokenError::CritHeader);
     }
-    // jku, x5u, jwk and x5c are never used: keys come only from the JWKS registered with the cluster.
+    // jku, x5u, jwk and x5c are never used: keys come only from `jwks`.
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.as_str()),
@@ -350,8 +404,7 @@ pub fn verify_service_account_token(
             }
         })?;
     let claims = data.claims;
-
-    let leeway = policy.leeway.whole_seconds();
+    let leeway = leeway.whole_seconds();
     let now_s = now.unix_timestamp();
     let exp =
         numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
@@ -368,6 +421,24 @@ pub fn verify_service_account_token(
     {
         return Err(TokenError::IssuedInFuture);
     }
+    Ok(claims)
+}
+
+/// A NumericDate claim (`exp`, `iat`, ...) as Unix seconds.
+pub fn claim_time(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    numeric_date(claims, name)
+}
+
+/// Verifies a Kubernetes service-account JWT (RFC 7519/7515) against the cluster's JWKS.
+pub fn verify_service_account_token(
+    token: &str,
+    jwks: &Jwks,
+    policy: &SubjectTokenPolicy,
+    now: OffsetDateTime,
+) -> Result<VerifiedServiceAccount, TokenError> {
+    let claims = verify_jwt(token, jwks, now, policy.leeway)?;
+    let exp =
+        numeric_date(&claims, "exp")?.ok_or(TokenError::Malformed("exp claim is required"))?;
     let issuer = claims
         .get("iss")
         .and_then(Value::as_str)

@@ -18,6 +18,9 @@ pub enum StoreError {
     AlreadyExists,
     #[error("not found")]
     NotFound,
+    /// A compare-and-set lost: the stored version is not the one the caller read.
+    #[error("concurrent modification")]
+    Conflict,
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -36,13 +39,14 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a resource, optionally with the CA that belongs to it, and records the operation, atomically.
-    /// `AlreadyExists` if a resource of that kind and name exists (nothing is written then).
+    /// Creates a resource, optionally with the CA that belongs to it, the operation and the audit event,
+    /// atomically. `AlreadyExists` if a resource of that kind and name exists (nothing is written then).
     async fn create_resource(
         &self,
         resource: &ResourceRecord,
         ca: Option<&CaRecord>,
-        operation: &OperationRecord,
+        operation: Option<&OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<()>;
 
     async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>>;
@@ -62,7 +66,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         kind: &str,
         name: &str,
-        operation: &OperationRecord,
+        operation: Option<&OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<()>;
 
     async fn get_ca(&self, owner: &str) -> Result<Option<CaRecord>>;
@@ -90,12 +95,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         issuance: &IssuanceRecord,
         idempotency: Option<&IdempotencyRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<IssuanceOutcome>;
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>>;
 
-    /// Records a minted access token (id, never the token itself).
-    async fn record_token(&self, token: &TokenRecord) -> Result<()>;
+    /// Records a minted access token (id, never the token itself) with its audit event.
+    async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()>;
 
     /// Forgets idempotency records created before `before_unix`.
     async fn purge_idempotency(&self, before_unix: i64) -> Result<u64>;
@@ -113,6 +119,22 @@ pub trait Store: Send + Sync + 'static {
         created_unix: i64,
     ) -> Result<()>;
     async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>>;
+
+    /// The IAM policy of a resource (a project, or the server-wide root).
+    async fn get_policy(&self, resource: &str) -> Result<Option<PolicyRecord>>;
+    /// Replaces a policy if its stored etag is still `expected_etag` (`None`: whatever is stored), with the
+    /// audit event, atomically. `Conflict` when someone else changed it first.
+    async fn set_policy(
+        &self,
+        policy: &PolicyRecord,
+        expected_etag: Option<&[u8]>,
+        audit: Option<&AuditEvent>,
+    ) -> Result<()>;
+
+    /// Appends an audit event on its own (denied attempts, reads worth recording).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Audit events in order, filtered.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredAuditEvent>>;
 
     /// Signing keys for tokens clustercred mints, newest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

@@ -98,3 +98,94 @@ pub struct SigningKeyRecord {
     pub key_der: Vec<u8>,
     pub create_time_unix: i64,
 }
+
+/// A project's (or the root's) IAM policy: a `google.iam.v1.Policy`, protobuf-encoded, and its etag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub resource: String,
+    pub data: Vec<u8>,
+    pub etag: Vec<u8>,
+    pub update_time_unix: i64,
+}
+
+/// One audit event. Never holds private keys or whole tokens: serials and token ids only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    /// Unix time in nanoseconds.
+    pub time_unix_nanos: i64,
+    /// `user:admin`, `serviceAccount:EMAIL`, or `anonymous`.
+    pub principal: String,
+    /// The gRPC method (`google.cloud.alloydb.v1.AlloyDBAdmin/GenerateClientCertificate`) or endpoint.
+    pub method: String,
+    pub resource: String,
+    /// `ok` or `denied` or `error`.
+    pub outcome: String,
+    /// The google.rpc code name (`OK`, `PERMISSION_DENIED`, ...).
+    pub status: String,
+    /// Certificate serial, token id, key id, or a short description of the change.
+    pub detail: String,
+    pub request_id: String,
+    pub client_address: String,
+    pub user_agent: String,
+}
+
+impl AuditEvent {
+    /// The chain link: SHA-256 over the previous link and this event's canonical JSON (fields in declaration
+    /// order), so editing, dropping or reordering a stored event breaks every link after it.
+    pub fn chain_hash(&self, previous: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update((previous.len() as u64).to_be_bytes());
+        hasher.update(previous);
+        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hasher.finalize().to_vec()
+    }
+}
+
+/// An audit event as stored: its sequence number and chain link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAuditEvent {
+    pub seq: i64,
+    pub event: AuditEvent,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub principal: Option<String>,
+    /// Matches events whose resource is this name or lies below it.
+    pub resource_prefix: Option<String>,
+    pub method_contains: Option<String>,
+    pub since_unix_nanos: Option<i64>,
+    pub until_unix_nanos: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// Where and why an audit chain is broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub seq: i64,
+    pub reason: &'static str,
+}
+
+/// Checks every link of a complete, ordered audit log.
+pub fn verify_chain(events: &[StoredAuditEvent]) -> Result<(), ChainBreak> {
+    let mut previous: Vec<u8> = Vec::new();
+    for stored in events {
+        if stored.prev_hash != previous {
+            return Err(ChainBreak {
+                seq: stored.seq,
+                reason: "the previous link does not match (an event was removed or reordered)",
+            });
+        }
+        if stored.event.chain_hash(&previous) != stored.hash {
+            return Err(ChainBreak {
+                seq: stored.seq,
+                reason: "the event does not match its hash",
+            });
+        }
+        previous = stored.hash.clone();
+    }
+    Ok(())
+}

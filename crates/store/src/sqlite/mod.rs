@@ -15,7 +15,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -138,6 +138,32 @@ async fn insert_operation(
     Ok(())
 }
 
+/// Appends an event to the chain. Runs inside a write transaction (BEGIN IMMEDIATE), so no other writer can
+/// slip an event in between reading the last link and writing the next.
+async fn insert_audit(tx: &mut Transaction<'static, Sqlite>, event: &AuditEvent) -> Result<()> {
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let previous = previous.unwrap_or_default();
+    let hash = event.chain_hash(&previous);
+    let json = serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audit_events (event, principal, method, resource, time_nanos, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(json)
+    .bind(&event.principal)
+    .bind(&event.method)
+    .bind(&event.resource)
+    .bind(event.time_unix_nanos)
+    .bind(previous)
+    .bind(hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// `LIKE` pattern matching every name strictly below `name` (`name/...`), with wildcards escaped.
 fn children_pattern(name: &str) -> String {
     let mut p = String::with_capacity(name.len() + 2);
@@ -157,7 +183,8 @@ impl Store for SqliteStore {
         &self,
         resource: &ResourceRecord,
         ca: Option<&CaRecord>,
-        operation: &OperationRecord,
+        operation: Option<&OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -184,7 +211,12 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        insert_operation(&mut tx, operation).await?;
+        if let Some(operation) = operation {
+            insert_operation(&mut tx, operation).await?;
+        }
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -221,7 +253,8 @@ impl Store for SqliteStore {
         &self,
         kind: &str,
         name: &str,
-        operation: &OperationRecord,
+        operation: Option<&OperationRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM resources WHERE kind = ? AND name = ?")
@@ -243,7 +276,12 @@ impl Store for SqliteStore {
             .bind(&below)
             .execute(&mut *tx)
             .await?;
-        insert_operation(&mut tx, operation).await?;
+        if let Some(operation) = operation {
+            insert_operation(&mut tx, operation).await?;
+        }
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -316,6 +354,7 @@ impl Store for SqliteStore {
         &self,
         issuance: &IssuanceRecord,
         idempotency: Option<&IdempotencyRecord>,
+        audit: Option<&AuditEvent>,
     ) -> Result<IssuanceOutcome> {
         let mut tx = self.begin_write().await?;
         if let Some(idem) = idempotency {
@@ -358,6 +397,9 @@ impl Store for SqliteStore {
         .bind(issuance.create_time_unix)
         .execute(&mut *tx)
         .await?;
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(IssuanceOutcome::Recorded)
     }
@@ -386,7 +428,8 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn record_token(&self, token: &TokenRecord) -> Result<()> {
+    async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO tokens (token_id, owner, subject, expires, create_time) VALUES (?, ?, ?, ?, ?)",
         )
@@ -395,9 +438,129 @@ impl Store for SqliteStore {
         .bind(&token.subject)
         .bind(token.expires_unix)
         .bind(token.create_time_unix)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn get_policy(&self, resource: &str) -> Result<Option<PolicyRecord>> {
+        let row = sqlx::query("SELECT * FROM policies WHERE resource = ?")
+            .bind(resource)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(PolicyRecord {
+                resource: row.try_get("resource")?,
+                data: row.try_get("data")?,
+                etag: row.try_get("etag")?,
+                update_time_unix: row.try_get("update_time")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_policy(
+        &self,
+        policy: &PolicyRecord,
+        expected_etag: Option<&[u8]>,
+        audit: Option<&AuditEvent>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if let Some(expected) = expected_etag {
+            let current: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT etag FROM policies WHERE resource = ?")
+                    .bind(&policy.resource)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            // A policy never written has the empty etag.
+            if current.as_deref().unwrap_or_default() != expected {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO policies (resource, data, etag, update_time) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (resource) DO UPDATE SET data = excluded.data, etag = excluded.etag, \
+             update_time = excluded.update_time",
+        )
+        .bind(&policy.resource)
+        .bind(&policy.data)
+        .bind(&policy.etag)
+        .bind(policy.update_time_unix)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        insert_audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredAuditEvent>> {
+        let mut sql = String::from("SELECT * FROM audit_events WHERE 1 = 1");
+        if filter.principal.is_some() {
+            sql.push_str(" AND principal = ?");
+        }
+        if filter.resource_prefix.is_some() {
+            sql.push_str(" AND (resource = ? OR resource LIKE ? ESCAPE '\\')");
+        }
+        if filter.method_contains.is_some() {
+            sql.push_str(" AND instr(method, ?) > 0");
+        }
+        if filter.since_unix_nanos.is_some() {
+            sql.push_str(" AND time_nanos >= ?");
+        }
+        if filter.until_unix_nanos.is_some() {
+            sql.push_str(" AND time_nanos < ?");
+        }
+        sql.push_str(" ORDER BY seq");
+        if filter.limit.is_some() {
+            sql.push_str(" LIMIT ?");
+        }
+        // Only placeholders are appended above; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(p) = &filter.principal {
+            query = query.bind(p);
+        }
+        if let Some(r) = &filter.resource_prefix {
+            query = query.bind(r).bind(children_pattern(r));
+        }
+        if let Some(m) = &filter.method_contains {
+            query = query.bind(m);
+        }
+        if let Some(t) = filter.since_unix_nanos {
+            query = query.bind(t);
+        }
+        if let Some(t) = filter.until_unix_nanos {
+            query = query.bind(t);
+        }
+        if let Some(l) = filter.limit {
+            query = query.bind(i64::from(l));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let json: String = row.try_get("event")?;
+                Ok(StoredAuditEvent {
+                    seq: row.try_get("seq")?,
+                    event: serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                })
+            })
+            .collect()
     }
 
     async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {

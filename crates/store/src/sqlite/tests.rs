@@ -51,16 +51,16 @@ const C1: &str = "projects/p/locations/l/clusters/c1";
 #[tokio::test]
 async fn create_get_list_delete_with_children_and_ca() {
     let s = SqliteStore::in_memory().await.unwrap();
-    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1"))
+    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), Some(&op("o1")), None)
         .await
         .unwrap();
     let inst = format!("{C1}/instances/i1");
-    s.create_resource(&res("i", &inst, C1), None, &op("o2"))
+    s.create_resource(&res("i", &inst, C1), None, Some(&op("o2")), None)
         .await
         .unwrap();
     // Duplicate: refused, and the operation of the failed attempt is not written.
     let dup = s
-        .create_resource(&res("k", C1, PARENT), None, &op("o3"))
+        .create_resource(&res("k", C1, PARENT), None, Some(&op("o3")), None)
         .await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists)));
     assert!(s.get_operation(&op("o3").name).await.unwrap().is_none());
@@ -72,7 +72,9 @@ async fn create_get_list_delete_with_children_and_ca() {
     assert_eq!(s.get_ca(C1).await.unwrap().unwrap().key_der, vec![9; 8]);
     assert!(s.get_resource("other-kind", C1).await.unwrap().is_none());
 
-    s.delete_resource("k", C1, &op("o4")).await.unwrap();
+    s.delete_resource("k", C1, Some(&op("o4")), None)
+        .await
+        .unwrap();
     assert!(s.get_resource("k", C1).await.unwrap().is_none());
     assert!(
         s.get_resource("i", &inst).await.unwrap().is_none(),
@@ -84,7 +86,7 @@ async fn create_get_list_delete_with_children_and_ca() {
     );
     assert!(s.get_operation(&op("o4").name).await.unwrap().is_some());
     assert!(matches!(
-        s.delete_resource("k", C1, &op("o5")).await,
+        s.delete_resource("k", C1, Some(&op("o5")), None).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -93,13 +95,20 @@ async fn create_get_list_delete_with_children_and_ca() {
 async fn delete_does_not_touch_names_sharing_a_prefix() {
     let s = SqliteStore::in_memory().await.unwrap();
     let c10 = format!("{C1}0");
-    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("a"))
+    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), Some(&op("a")), None)
         .await
         .unwrap();
-    s.create_resource(&res("k", &c10, PARENT), Some(&ca(&c10)), &op("b"))
+    s.create_resource(
+        &res("k", &c10, PARENT),
+        Some(&ca(&c10)),
+        Some(&op("b")),
+        None,
+    )
+    .await
+    .unwrap();
+    s.delete_resource("k", C1, Some(&op("c")), None)
         .await
         .unwrap();
-    s.delete_resource("k", C1, &op("c")).await.unwrap();
     assert!(s.get_resource("k", &c10).await.unwrap().is_some());
     assert!(s.get_ca(&c10).await.unwrap().is_some());
 }
@@ -109,9 +118,14 @@ async fn list_pages_in_name_order() {
     let s = SqliteStore::in_memory().await.unwrap();
     for (i, n) in ["c3", "c1", "c2"].iter().enumerate() {
         let name = format!("{PARENT}/clusters/{n}");
-        s.create_resource(&res("k", &name, PARENT), None, &op(&format!("o{i}")))
-            .await
-            .unwrap();
+        s.create_resource(
+            &res("k", &name, PARENT),
+            None,
+            Some(&op(&format!("o{i}"))),
+            None,
+        )
+        .await
+        .unwrap();
     }
     s.create_resource(
         &res(
@@ -120,7 +134,8 @@ async fn list_pages_in_name_order() {
             "projects/q/locations/l",
         ),
         None,
-        &op("ox"),
+        Some(&op("ox")),
+        None,
     )
     .await
     .unwrap();
@@ -149,7 +164,7 @@ async fn issuance_with_idempotency_replays_the_first_winner() {
         create_time_unix: 100,
     };
     assert_eq!(
-        s.record_issuance(&issuance("s1", C1, Some("r1")), Some(&idem))
+        s.record_issuance(&issuance("s1", C1, Some("r1")), Some(&idem), None)
             .await
             .unwrap(),
         IssuanceOutcome::Recorded
@@ -157,7 +172,7 @@ async fn issuance_with_idempotency_replays_the_first_winner() {
     let mut second = idem.clone();
     second.response = vec![43];
     match s
-        .record_issuance(&issuance("s2", C1, Some("r1")), Some(&second))
+        .record_issuance(&issuance("s2", C1, Some("r1")), Some(&second), None)
         .await
         .unwrap()
     {
@@ -214,7 +229,7 @@ async fn file_database_persists_across_reopen() {
     let path = dir.path().join("db.sqlite");
     {
         let s = SqliteStore::open(&path).await.unwrap();
-        s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), &op("o1"))
+        s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), Some(&op("o1")), None)
             .await
             .unwrap();
         s.close().await;
@@ -222,4 +237,138 @@ async fn file_database_persists_across_reopen() {
     let s = SqliteStore::open(&path).await.unwrap();
     assert!(s.get_resource("k", C1).await.unwrap().is_some());
     assert!(s.get_operation(&op("o1").name).await.unwrap().is_some());
+}
+
+fn event(n: i64, principal: &str, resource: &str) -> AuditEvent {
+    AuditEvent {
+        time_unix_nanos: n,
+        principal: principal.into(),
+        method: "google.cloud.alloydb.v1.AlloyDBAdmin/GenerateClientCertificate".into(),
+        resource: resource.into(),
+        outcome: "ok".into(),
+        status: "OK".into(),
+        detail: format!("serial {n}"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn audit_events_chain_and_filter() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    s.append_audit(&event(1, "user:admin", C1)).await.unwrap();
+    s.record_issuance(
+        &issuance("s1", C1, None),
+        None,
+        Some(&event(2, "serviceAccount:a@p", C1)),
+    )
+    .await
+    .unwrap();
+    s.create_resource(
+        &res(
+            "k",
+            "projects/q/locations/l/clusters/x",
+            "projects/q/locations/l",
+        ),
+        None,
+        None,
+        Some(&event(3, "user:admin", "projects/q/locations/l/clusters/x")),
+    )
+    .await
+    .unwrap();
+    let all = s.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(verify_chain(&all), Ok(()));
+    assert!(all[0].prev_hash.is_empty());
+    assert_eq!(all[1].prev_hash, all[0].hash);
+    let admin = s
+        .list_audit(&AuditFilter {
+            principal: Some("user:admin".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(admin.len(), 2);
+    let below = s
+        .list_audit(&AuditFilter {
+            resource_prefix: Some("projects/p/locations/l".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(below.len(), 2);
+    let window = s
+        .list_audit(&AuditFilter {
+            since_unix_nanos: Some(2),
+            until_unix_nanos: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1);
+    // A failed write leaves no event behind.
+    let dup = s
+        .record_issuance(
+            &issuance("s1", C1, None),
+            None,
+            Some(&event(4, "user:admin", C1)),
+        )
+        .await;
+    assert!(dup.is_err());
+    assert_eq!(
+        s.list_audit(&AuditFilter::default()).await.unwrap().len(),
+        3
+    );
+
+    // Tampering with any stored field breaks the chain at that event.
+    let mut tampered = all.clone();
+    tampered[1].event.detail = "serial 999".into();
+    assert_eq!(
+        verify_chain(&tampered),
+        Err(ChainBreak {
+            seq: tampered[1].seq,
+            reason: "the event does not match its hash"
+        })
+    );
+    let mut dropped = all.clone();
+    dropped.remove(1);
+    assert_eq!(verify_chain(&dropped).unwrap_err().seq, dropped[1].seq);
+}
+
+#[tokio::test]
+async fn policies_compare_and_set_on_etag() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    assert!(s.get_policy("projects/p").await.unwrap().is_none());
+    let p1 = PolicyRecord {
+        resource: "projects/p".into(),
+        data: vec![1],
+        etag: vec![1, 1],
+        update_time_unix: 1,
+    };
+    s.set_policy(&p1, Some(&[]), None).await.unwrap();
+    assert_eq!(s.get_policy("projects/p").await.unwrap(), Some(p1.clone()));
+    let p2 = PolicyRecord {
+        data: vec![2],
+        etag: vec![2, 2],
+        ..p1.clone()
+    };
+    assert!(matches!(
+        s.set_policy(&p2, Some(&[9]), None).await,
+        Err(StoreError::Conflict)
+    ));
+    s.set_policy(
+        &p2,
+        Some(&[1, 1]),
+        Some(&event(5, "user:admin", "projects/p")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_policy("projects/p").await.unwrap().unwrap().data,
+        vec![2]
+    );
+    s.set_policy(&p1, None, None).await.unwrap();
+    assert_eq!(
+        s.list_audit(&AuditFilter::default()).await.unwrap().len(),
+        1
+    );
 }
