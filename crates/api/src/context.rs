@@ -105,10 +105,12 @@ pub struct RequestMeta {
 
 impl RequestMeta {
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        // Set by the transport for gRPC and transcoded REST alike.
         let method = request
-            .extensions()
-            .get::<tonic::GrpcMethod>()
-            .map(|m| format!("{}/{}", m.service(), m.method()))
+            .metadata()
+            .get("x-clustercred-method")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect())
             .unwrap_or_default();
         let client_address = request
             .extensions()

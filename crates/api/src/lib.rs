@@ -8,9 +8,11 @@ pub mod context;
 pub mod edgecontainer;
 pub mod errors;
 pub mod gkemulticloud;
+pub mod iam;
 pub mod names;
 pub mod operations;
 
 pub use context::{
-    AccessControl, Clock, Ctx, Principal, Settings, StoredBearerTokens, SystemClock,
+    AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, RequestMeta, Settings,
+    StoredBearerTokens, SystemClock,
 };

@@ -156,10 +156,13 @@ impl Jwks {
                     let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else {
                         return Err(JwksError::Malformed(i));
                     };
-                    (
-                        KeyFamily::Rsa,
-                        DecodingKey::from_rsa_raw_components(rsa.modulus, rsa.exponent),
-                    )
+                    // DER INTEGERs carry a leading zero byte when the top bit is set; the raw
+                    // components jsonwebtoken expects do not.
+                    let strip = |b: &[u8]| -> Vec<u8> {
+                        b.iter().skip_while(|x| **x == 0).copied().collect()
+                    };
+                    let (n, e) = (strip(rsa.modulus), strip(rsa.exponent));
+                    (KeyFamily::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
                 }
                 _ => return Err(JwksError::UnsupportedKey(i)),
             };

@@ -418,3 +418,21 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
     )
     .unwrap();
 }
+
+#[test]
+fn keys_we_hold_verify_what_they_signed() {
+    let k = keys();
+    let public = clustercred_authority::ClientPublicKey::from_pem(&k.rsa.public_key_pem()).unwrap();
+    let set = Jwks::from_public_keys(&[("kid1".into(), public)]).unwrap();
+    let token = sign(Algorithm::RS256, &k.rsa, Some("kid1"), &claims());
+    let got = clustercred_authority::verify_jwt(&token, &set, NOW, Duration::seconds(60))
+        .expect("verifies");
+    assert_eq!(got["sub"], json!("system:serviceaccount:kube-system:agent"));
+    let other = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let forged = sign(Algorithm::RS256, &other, Some("kid1"), &claims());
+    assert_eq!(
+        clustercred_authority::verify_jwt(&forged, &set, NOW, Duration::seconds(60)),
+        Err(TokenError::BadSignature)
+    );
+}

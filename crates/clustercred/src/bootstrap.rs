@@ -60,6 +60,41 @@ pub async fn admin(store: &dyn Store, dir: &Path, now_unix: i64) -> Result<PathB
     Ok(path)
 }
 
+/// On first start (or on a database from before IAM), binds the administrator to clustercred's admin role in
+/// the root policy, which sits above every project.
+pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
+    use clustercred_api::iam::{policy, roles};
+    let current = policy::load(store, policy::ROOT)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    if current.etag != policy::EMPTY_ETAG {
+        return Ok(());
+    }
+    let member = format!("user:{ADMIN_PRINCIPAL}");
+    let event = clustercred_store::AuditEvent {
+        time_unix_nanos: now_unix.saturating_mul(1_000_000_000),
+        principal: "clustercred:bootstrap".into(),
+        method: "bootstrap".into(),
+        resource: policy::ROOT.into(),
+        outcome: "ok".into(),
+        status: "Ok".into(),
+        detail: format!("+{} {member}", roles::ADMIN_ROLE),
+        ..Default::default()
+    };
+    policy::change_binding(
+        store,
+        policy::ROOT,
+        roles::ADMIN_ROLE,
+        &member,
+        true,
+        now_unix,
+        Some(&event),
+    )
+    .await
+    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(())
+}
+
 /// The newest token-signing key, generated on first start.
 pub async fn signing_key(store: &dyn Store, now_unix: i64) -> Result<TokenSigner> {
     if let Some(record) = store.signing_keys().await?.into_iter().next() {

@@ -8,12 +8,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::Json;
-use axum::routing::get;
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use clustercred_api::alloydb::{AlloyDb, AlloyDbV1, AlloyDbV1alpha, AlloyDbV1beta};
 use clustercred_api::edgecontainer::EdgeContainerService;
 use clustercred_api::gkemulticloud::AttachedClustersService;
+use clustercred_api::iam::access::IamAccess;
+use clustercred_api::iam::projects::ProjectsService;
+use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::operations::OperationsService;
-use clustercred_api::{Clock, Ctx, StoredBearerTokens, SystemClock};
+use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
 use clustercred_store::{SqliteStore, Store};
 use clustercred_transport::{ApiMount, RestGateway};
 use tokio::net::TcpListener;
@@ -42,6 +47,8 @@ fn mounts() -> Vec<ApiMount> {
         mount("alloydb", "google.cloud.alloydb."),
         mount("edgecontainer", "google.cloud.edgecontainer."),
         mount("gkemulticloud", "google.cloud.gkemulticloud."),
+        mount("iam", "google.iam.admin."),
+        mount("cloudresourcemanager", "google.cloudresourcemanager."),
     ]
 }
 
@@ -57,6 +64,7 @@ impl Server {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now().unix_timestamp();
         let admin_token_path = bootstrap::admin(store.as_ref(), &config.data_dir, now).await?;
+        bootstrap::root_policy(store.as_ref(), now).await?;
         let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
 
         let listener = TcpListener::bind(config.listen)
@@ -67,7 +75,13 @@ impl Server {
         let issuer = settings.token_issuer.clone();
 
         let dyn_store: Arc<dyn Store> = store.clone();
-        let access = Arc::new(StoredBearerTokens::new(dyn_store.clone()));
+        let access = Arc::new(IamAccess::new(
+            dyn_store.clone(),
+            signer.clone(),
+            clock.clone(),
+            settings.token_issuer.clone(),
+            settings.token_leeway,
+        ));
         let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer.clone(), access));
 
         let alloydb = AlloyDb::new(ctx.clone());
@@ -82,6 +96,8 @@ impl Server {
             .add_service(EdgeContainerService::new(ctx.clone()).into_server())
             .add_service(AttachedClustersService::new(ctx.clone()).into_server())
             .add_service(OperationsService::new(ctx.clone()).into_server())
+            .add_service(IamService::new(ctx.clone()).into_server())
+            .add_service(ProjectsService::new(ctx.clone()).into_server())
             .add_service(health_service)
             .add_service(reflection);
         health
@@ -110,8 +126,11 @@ impl Server {
                 "/.well-known/jwks.json",
                 get(move || async move { Json(jwks) }),
             )
-            .route("/healthz", get(|| async { "ok\n" }));
-        let app = clustercred_transport::router(routes, gateway, extra);
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/oauth2/token", post(token_endpoint))
+            .with_state(ctx.clone());
+        let app = clustercred_transport::router(routes, gateway, extra)
+            .layer(axum::middleware::map_request(client_address));
         Ok(Server {
             addr,
             admin_token_path,
@@ -141,6 +160,41 @@ impl Server {
         self.store.close().await;
         result.context("serving")
     }
+}
+
+/// Makes the peer address visible to the API layer (audit events) on both gRPC and REST.
+async fn client_address(mut req: axum::extract::Request) -> axum::extract::Request {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(ClientAddress(addr));
+    }
+    req
+}
+
+/// `POST /oauth2/token`: the JWT-bearer grant for service-account key files.
+async fn token_endpoint(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let meta = RequestMeta {
+        method: "oauth2/token".into(),
+        client_address: addr.to_string(),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect())
+            .unwrap_or_default(),
+    };
+    let reply = clustercred_api::iam::oauth::token_endpoint(&ctx, &body, &meta).await;
+    let status = axum::http::StatusCode::from_u16(reply.http_status)
+        .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    let mut response = (status, Json(reply.body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// `clustercred serve`: bind, announce, serve until SIGINT or SIGTERM.

@@ -16,7 +16,7 @@ use tower::ServiceExt;
 
 pub use errors::{error_body, http_status, invalid_field, status_name, status_to_http};
 pub use template::{RequestPath, Template, TemplateError};
-pub use transcode::{ApiMount, DEFAULT_BODY_LIMIT, GatewayError, RestGateway};
+pub use transcode::{ApiMount, DEFAULT_BODY_LIMIT, GatewayError, METHOD_HEADER, RestGateway};
 
 fn is_grpc(req: &Request<Body>) -> bool {
     req.headers()
@@ -38,7 +38,15 @@ pub fn router(
         let grpc = grpc.clone();
         let gateway = gateway.clone();
         async move {
+            let mut req = req;
             let response: Response<Body> = if is_grpc(&req) {
+                // gRPC names its method in the path; whatever a client put in the header is replaced.
+                let method =
+                    http::HeaderValue::from_str(req.uri().path().trim_start_matches('/')).ok();
+                match method {
+                    Some(m) => req.headers_mut().insert(METHOD_HEADER, m),
+                    None => req.headers_mut().remove(METHOD_HEADER),
+                };
                 match grpc_router.oneshot(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},

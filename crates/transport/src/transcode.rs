@@ -24,6 +24,9 @@ use tower::ServiceExt;
 use crate::errors::{invalid_field, json_response, status_to_http};
 use crate::template::{Bindings, RequestPath, Template, TemplateError};
 
+/// Metadata naming the gRPC method a request is for, set by the transport (never taken from clients).
+pub const METHOD_HEADER: &str = "x-clustercred-method";
+
 /// Default limit of a REST request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
@@ -608,6 +611,10 @@ where
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    // Names the method for the services' audit records (the outer request's copy is never forwarded).
+    if let Ok(v) = HeaderValue::from_str(path.trim_start_matches('/')) {
+        headers.insert(METHOD_HEADER, v);
+    }
     for (name, value) in &parts.headers {
         if forwarded(name.as_str()) {
             headers.append(name.clone(), value.clone());
