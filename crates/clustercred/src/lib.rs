@@ -2,6 +2,7 @@
 //! adapters and transport into one listener.
 
 pub mod bootstrap;
+pub mod cli;
 pub mod config;
 pub mod server;
 

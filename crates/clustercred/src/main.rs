@@ -16,6 +16,12 @@ struct Cli {
 enum Command {
     /// Run the server (gRPC and REST on one port).
     Serve(ServeConfig),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(clustercred::cli::AuditCommand),
+    /// Principals, service accounts and role bindings.
+    #[command(subcommand)]
+    Iam(clustercred::cli::IamCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -31,12 +37,21 @@ fn init_logging(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(config) => {
             init_logging(config.log_format);
             clustercred::run(config).await
+        }
+        Command::Audit(command) => clustercred::cli::audit(command).await,
+        Command::Iam(command) => clustercred::cli::iam(command).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

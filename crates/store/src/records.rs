@@ -149,6 +149,8 @@ pub struct StoredAuditEvent {
     pub event: AuditEvent,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    /// Whether the columns kept for filtering say what the hashed event says.
+    pub columns_match: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -177,6 +179,12 @@ pub fn verify_chain(events: &[StoredAuditEvent]) -> Result<(), ChainBreak> {
             return Err(ChainBreak {
                 seq: stored.seq,
                 reason: "the previous link does not match (an event was removed or reordered)",
+            });
+        }
+        if !stored.columns_match {
+            return Err(ChainBreak {
+                seq: stored.seq,
+                reason: "the indexed columns do not match the event",
             });
         }
         if stored.event.chain_hash(&previous) != stored.hash {

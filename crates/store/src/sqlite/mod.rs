@@ -552,12 +552,22 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 let json: String = row.try_get("event")?;
+                let event: AuditEvent =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Backend(e.to_string()))?;
+                let principal: String = row.try_get("principal")?;
+                let method: String = row.try_get("method")?;
+                let resource: String = row.try_get("resource")?;
+                let time: i64 = row.try_get("time_nanos")?;
+                let columns_match = principal == event.principal
+                    && method == event.method
+                    && resource == event.resource
+                    && time == event.time_unix_nanos;
                 Ok(StoredAuditEvent {
                     seq: row.try_get("seq")?,
-                    event: serde_json::from_str(&json)
-                        .map_err(|e| StoreError::Backend(e.to_string()))?,
+                    event,
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
+                    columns_match,
                 })
             })
             .collect()

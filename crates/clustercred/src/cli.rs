@@ -1,0 +1,393 @@
+//! Offline administration against the data directory: audit log listing and verification, IAM bindings,
+//! users and service accounts. These work while the server runs (SQLite in WAL mode allows it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use clustercred_api::iam::service_accounts::IamService;
+use clustercred_api::iam::{policy, roles};
+use clustercred_api::{Caller, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock};
+use clustercred_store::{AuditEvent, AuditFilter, SqliteStore, Store, verify_chain};
+
+use crate::bootstrap;
+
+#[derive(Args)]
+pub struct DataDir {
+    /// The server's data directory.
+    #[arg(
+        long,
+        env = "CLUSTERCRED_DATA_DIR",
+        default_value = "./clustercred-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Print audit events as JSON lines, oldest first.
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Only events of this principal (e.g. `user:admin`, `serviceAccount:EMAIL`).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only events on this resource or below it (e.g. a cluster name).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only events whose method contains this text (e.g. `GenerateClientCertificate`).
+        #[arg(long)]
+        method: Option<String>,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Check the hash chain of the whole audit log; exits 1 naming the first broken event.
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IamCommand {
+    /// Grant a role to a member on a project, or on every project (`--project` left out: the root policy).
+    AddBinding {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        project: Option<String>,
+        /// `user:NAME`, `serviceAccount:EMAIL` or `group:NAME`.
+        #[arg(long)]
+        member: String,
+        /// e.g. `roles/alloydb.client`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Take a role away from a member.
+    RemoveBinding {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// Print a policy as JSON.
+    GetPolicy {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// List the predefined roles.
+    Roles,
+    /// Create a user principal (`user:ID`) with a bearer token written to `--token-file` (mode 0600).
+    CreateUser {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+    /// Create a service account, and with `--key-file` a key file for it (mode 0600).
+    CreateServiceAccount {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        account_id: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The server's public URL, for the key file's token_uri.
+        #[arg(
+            long,
+            env = "CLUSTERCRED_ISSUER_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        issuer_url: String,
+    },
+}
+
+async fn open(dir: &Path) -> Result<Arc<SqliteStore>> {
+    let path = dir.join(bootstrap::DATABASE_FILE);
+    if !path.exists() {
+        bail!(
+            "no clustercred database at {} (start the server once, or pass --data-dir)",
+            path.display()
+        );
+    }
+    Ok(Arc::new(
+        SqliteStore::open(&path)
+            .await
+            .context("opening the database")?,
+    ))
+}
+
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+fn cli_event(resource: &str, method: &str, detail: String) -> AuditEvent {
+    AuditEvent {
+        time_unix_nanos: i64::try_from(SystemClock.now().unix_timestamp_nanos())
+            .unwrap_or(i64::MAX),
+        principal: format!("cli:{}", operator()),
+        method: format!("cli/{method}"),
+        resource: resource.to_string(),
+        outcome: "ok".into(),
+        status: "Ok".into(),
+        detail,
+        ..Default::default()
+    }
+}
+
+fn parse_time(flag: &str, value: &Option<String>) -> Result<Option<i64>> {
+    value
+        .as_deref()
+        .map(|v| {
+            let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--{flag} must be an RFC 3339 time"))?;
+            Ok(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+        })
+        .transpose()
+}
+
+pub async fn audit(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::List {
+            dir,
+            principal,
+            resource,
+            method,
+            since,
+            until,
+            limit,
+        } => {
+            let store = open(&dir.data_dir).await?;
+            let filter = AuditFilter {
+                principal,
+                resource_prefix: resource,
+                method_contains: method,
+                since_unix_nanos: parse_time("since", &since)?,
+                until_unix_nanos: parse_time("until", &until)?,
+                limit,
+            };
+            for stored in store.list_audit(&filter).await? {
+                let mut line = serde_json::to_value(&stored.event)?;
+                line["seq"] = stored.seq.into();
+                line["hash"] = hex::encode(&stored.hash).into();
+                println!("{line}");
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { dir } => {
+            let store = open(&dir.data_dir).await?;
+            let events = store.list_audit(&AuditFilter::default()).await?;
+            match verify_chain(&events) {
+                Ok(()) => {
+                    let last = events
+                        .last()
+                        .map(|e| hex::encode(&e.hash))
+                        .unwrap_or_default();
+                    println!(
+                        "audit log intact: {} events, last hash {last}",
+                        events.len()
+                    );
+                    Ok(())
+                }
+                Err(broken) => bail!(
+                    "audit log broken at event {}: {}",
+                    broken.seq,
+                    broken.reason
+                ),
+            }
+        }
+    }
+}
+
+fn policy_resource(project: &Option<String>) -> String {
+    match project {
+        Some(p) => policy::resource_of_project(p),
+        None => policy::ROOT.to_string(),
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub async fn iam(command: IamCommand) -> Result<()> {
+    let now = SystemClock.now().unix_timestamp();
+    match command {
+        IamCommand::AddBinding {
+            dir,
+            project,
+            member,
+            role,
+        } => binding(dir, project, member, role, true, now).await,
+        IamCommand::RemoveBinding {
+            dir,
+            project,
+            member,
+            role,
+        } => binding(dir, project, member, role, false, now).await,
+        IamCommand::GetPolicy { dir, project } => {
+            let store = open(&dir.data_dir).await?;
+            let p = policy::load(store.as_ref(), &policy_resource(&project))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("{}", serde_json::to_string_pretty(&policy_json(&p))?);
+            Ok(())
+        }
+        IamCommand::Roles => {
+            for r in roles::known_roles() {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        IamCommand::CreateUser {
+            dir,
+            id,
+            token_file,
+        } => {
+            if id.is_empty()
+                || id.len() > 128
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c))
+            {
+                bail!("--id may hold letters, digits and @ . _ - (at most 128)");
+            }
+            let store = open(&dir.data_dir).await?;
+            let token = format!("ccusr_{}", hex::encode(rand::random::<[u8; 32]>()));
+            write_secret(&token_file, token.as_bytes())?;
+            store
+                .put_principal(&clustercred_store::PrincipalRecord {
+                    id: id.clone(),
+                    kind: "user".into(),
+                    display_name: id.clone(),
+                    create_time_unix: now,
+                })
+                .await?;
+            use sha2::Digest;
+            store
+                .put_bearer_token(&sha2::Sha256::digest(token.as_bytes()), &id, now)
+                .await?;
+            store
+                .append_audit(&cli_event(
+                    &format!("user:{id}"),
+                    "create-user",
+                    "created user and bearer token".into(),
+                ))
+                .await?;
+            println!(
+                "created user:{id}; its bearer token is in {} (grant roles with `clustercred iam add-binding`)",
+                token_file.display()
+            );
+            Ok(())
+        }
+        IamCommand::CreateServiceAccount {
+            dir,
+            project,
+            account_id,
+            display_name,
+            key_file,
+            issuer_url,
+        } => {
+            let store = open(&dir.data_dir).await?;
+            let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
+            let dyn_store: Arc<dyn Store> = store.clone();
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let access = Arc::new(clustercred_api::StoredBearerTokens::new(dyn_store.clone()));
+            let settings = Settings {
+                token_issuer: issuer_url.trim_end_matches('/').to_string(),
+                ..Settings::default()
+            };
+            let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer, access));
+            let caller = Caller {
+                principal: Principal {
+                    id: operator(),
+                    kind: "cli".into(),
+                },
+                meta: RequestMeta {
+                    method: "cli/create-service-account".into(),
+                    ..Default::default()
+                },
+            };
+            let service = IamService::new(ctx);
+            let account = service
+                .create_account(&caller, &project, &account_id, &display_name, "")
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("created service account {}", account.email);
+            if let Some(path) = key_file {
+                let key = service
+                    .create_key(&caller, &account.name)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                write_secret(&path, &key.private_key_data)?;
+                println!("wrote its key file to {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn binding(
+    dir: DataDir,
+    project: Option<String>,
+    member: String,
+    role: String,
+    add: bool,
+    now: i64,
+) -> Result<()> {
+    let store = open(&dir.data_dir).await?;
+    let resource = policy_resource(&project);
+    let sign = if add { '+' } else { '-' };
+    let event = cli_event(&resource, "iam", format!("{sign}{role} {member}"));
+    let updated = policy::change_binding(
+        store.as_ref(),
+        &resource,
+        &role,
+        &member,
+        add,
+        now,
+        Some(&event),
+    )
+    .await
+    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!("{}", serde_json::to_string_pretty(&policy_json(&updated))?);
+    Ok(())
+}
+
+fn policy_json(p: &clustercred_proto::google::iam::v1::Policy) -> serde_json::Value {
+    use base64::Engine;
+    serde_json::json!({
+        "version": p.version,
+        "etag": base64::engine::general_purpose::STANDARD.encode(&p.etag),
+        "bindings": p.bindings.iter().map(|b| serde_json::json!({"role": b.role, "members": b.members})).collect::<Vec<_>>(),
+    })
+}
