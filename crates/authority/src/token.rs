@@ -203,9 +203,9 @@ pub enum TokenError {
     DisallowedAlgorithm(String),
     #[error("token has a crit header, which is not supported")]
     CritHeader,
-    #[error("token key id is not in the cluster's JWKS")]
+    #[error("token key id is not among the issuer's keys")]
     UnknownKeyId,
-    #[error("no key in the cluster's JWKS fits the token's algorithm")]
+    #[error("no key of the issuer fits the token's algorithm")]
     NoMatchingKey,
     #[error("token signature does not verify")]
     BadSignature,
@@ -215,9 +215,9 @@ pub enum TokenError {
     NotYetValid,
     #[error("token was issued in the future")]
     IssuedInFuture,
-    #[error("token issuer does not match the cluster's OIDC issuer")]
+    #[error("token issuer is not the expected one")]
     WrongIssuer,
-    #[error("token audience is not one the cluster accepts")]
+    #[error("token audience is not an accepted one")]
     WrongAudience,
     #[error(
         "token subject is not a Kubernetes service account (system:serviceaccount:<namespace>:<name>)"

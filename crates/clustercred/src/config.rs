@@ -75,6 +75,16 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_EDGE_PORT", default_value_t = 6443)]
     pub edge_port: u16,
 
+    /// A JSON file listing external OIDC issuers whose bearer tokens are trusted:
+    /// `[{"issuer": "...", "audience": "...", "principal_claim": "email", "principal_kind": "user",
+    /// "jwks_uri": "... (optional: discovered)"}]`.
+    #[arg(long, env = "CLUSTERCRED_TRUSTED_ISSUERS")]
+    pub trusted_issuers: Option<PathBuf>,
+
+    /// Least time between two fetches of an issuer's keys, however many unknown key ids arrive.
+    #[arg(long, env = "CLUSTERCRED_OIDC_MIN_REFETCH", default_value_t = 30)]
+    pub oidc_min_refetch_secs: u64,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -98,6 +108,8 @@ impl ServeConfig {
             agent_audiences: Vec::new(),
             edge_endpoint: "127.0.0.1".into(),
             edge_port: 6443,
+            trusted_issuers: None,
+            oidc_min_refetch_secs: 30,
             log_format: LogFormat::Text,
         }
     }

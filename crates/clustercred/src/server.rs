@@ -15,6 +15,7 @@ use clustercred_api::alloydb::{AlloyDb, AlloyDbV1, AlloyDbV1alpha, AlloyDbV1beta
 use clustercred_api::edgecontainer::EdgeContainerService;
 use clustercred_api::gkemulticloud::AttachedClustersService;
 use clustercred_api::iam::access::IamAccess;
+use clustercred_api::iam::oidc::{OidcVerifier, TrustedIssuer};
 use clustercred_api::iam::projects::ProjectsService;
 use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::operations::OperationsService;
@@ -75,13 +76,28 @@ impl Server {
         let issuer = settings.token_issuer.clone();
 
         let dyn_store: Arc<dyn Store> = store.clone();
-        let access = Arc::new(IamAccess::new(
+        let mut access = IamAccess::new(
             dyn_store.clone(),
             signer.clone(),
             clock.clone(),
             settings.token_issuer.clone(),
             settings.token_leeway,
-        ));
+        );
+        if let Some(path) = &config.trusted_issuers {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let issuers: Vec<TrustedIssuer> = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            tracing::info!(count = issuers.len(), "trusting external OIDC issuers");
+            let oidc = OidcVerifier::new(
+                issuers,
+                std::time::Duration::from_secs(config.oidc_min_refetch_secs),
+                settings.token_leeway,
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            access = access.with_oidc(oidc);
+        }
+        let access = Arc::new(access);
         let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer.clone(), access));
 
         let alloydb = AlloyDb::new(ctx.clone());

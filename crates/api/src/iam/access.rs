@@ -28,6 +28,7 @@ const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const MAX_SELF_SIGNED_LIFETIME: i64 = 3600;
 
 pub struct IamAccess {
+    oidc: Option<super::oidc::OidcVerifier>,
     store: Arc<dyn Store>,
     signer: Arc<TokenSigner>,
     clock: Arc<dyn Clock>,
@@ -73,12 +74,19 @@ impl IamAccess {
         leeway: Duration,
     ) -> Self {
         IamAccess {
+            oidc: None,
             store,
             signer,
             clock,
             issuer,
             leeway,
         }
+    }
+
+    /// Also trusts tokens of these external OIDC issuers.
+    pub fn with_oidc(mut self, oidc: super::oidc::OidcVerifier) -> Self {
+        self.oidc = Some(oidc);
+        self
     }
 
     /// The service account behind `email`, if it exists and is enabled.
@@ -222,6 +230,11 @@ impl AccessControl for IamAccess {
             .get("iss")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if let Some(oidc) = &self.oidc
+            && let Some(cfg) = oidc.trusts(issuer)
+        {
+            return oidc.verify(cfg, token, now).await;
+        }
         match kid {
             Some(kid) if project_of_email(issuer).is_some() => {
                 self.self_signed(token, &kid, issuer, now).await

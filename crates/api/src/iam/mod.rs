@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod oauth;
+pub mod oidc;
 pub mod policy;
 pub mod projects;
 pub mod roles;

@@ -28,7 +28,11 @@ impl TestServer {
     }
 
     pub async fn start_in(data_dir: PathBuf) -> TestServer {
-        let config = ServeConfig::for_data_dir(data_dir.clone());
+        TestServer::start_with(ServeConfig::for_data_dir(data_dir)).await
+    }
+
+    pub async fn start_with(config: ServeConfig) -> TestServer {
+        let data_dir = config.data_dir.clone();
         let server = Server::bind(&config).await.expect("server binds");
         let addr = server.addr;
         let token = std::fs::read_to_string(&server.admin_token_path).expect("admin token written");
