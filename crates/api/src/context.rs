@@ -15,7 +15,7 @@ use time::{Duration, OffsetDateTime};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use crate::errors::{from_authority, from_store, invalid_field, with_reason};
+use crate::errors::{from_authority, from_store, invalid_field};
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
@@ -151,72 +151,11 @@ pub trait AccessControl: Send + Sync + 'static {
     ) -> Result<(), Status>;
 }
 
-/// Bearer tokens registered in the store (by SHA-256 digest). Until finer identities arrive every registered
-/// principal is an administrator and holds every permission.
-pub struct StoredBearerTokens {
-    store: Arc<dyn Store>,
-}
-
-impl StoredBearerTokens {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        StoredBearerTokens { store }
-    }
-}
-
 /// The structured log line of an audit event (target `audit`).
 pub fn log_event(e: &AuditEvent) {
     tracing::info!(target: "audit", principal = %e.principal, method = %e.method, resource = %e.resource,
         outcome = %e.outcome, status = %e.status, detail = %e.detail, request_id = %e.request_id,
         client = %e.client_address, user_agent = %e.user_agent, "audit");
-}
-
-fn unauthenticated(message: &str) -> Status {
-    with_reason(Code::Unauthenticated, "ACCESS_TOKEN_INVALID", message)
-}
-
-#[async_trait]
-impl AccessControl for StoredBearerTokens {
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
-        let Some(value) = metadata.get("authorization") else {
-            return Err(unauthenticated(
-                "request is missing the authorization header (Bearer token)",
-            ));
-        };
-        let value = value
-            .to_str()
-            .map_err(|_| unauthenticated("authorization header is not valid text"))?;
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => {
-                return Err(unauthenticated(
-                    "authorization header must use the Bearer scheme",
-                ));
-            }
-        };
-        if token.is_empty() || token.len() > 8192 {
-            return Err(unauthenticated("invalid bearer token"));
-        }
-        let digest = Sha256::digest(token.as_bytes());
-        let principal = self
-            .store
-            .principal_for_bearer(&digest)
-            .await
-            .map_err(|e| from_store("authenticating the caller", e))?
-            .ok_or_else(|| unauthenticated("invalid bearer token"))?;
-        Ok(Principal {
-            id: principal.id,
-            kind: principal.kind,
-        })
-    }
-
-    async fn authorize(
-        &self,
-        _principal: &Principal,
-        _permission: &str,
-        _resource: &str,
-    ) -> Result<(), Status> {
-        Ok(())
-    }
 }
 
 /// Shared state of the API adapters.

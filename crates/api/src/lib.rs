@@ -13,6 +13,5 @@ pub mod names;
 pub mod operations;
 
 pub use context::{
-    AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, RequestMeta, Settings,
-    StoredBearerTokens, SystemClock,
+    AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock,
 };

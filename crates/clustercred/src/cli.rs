@@ -321,11 +321,17 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
             let dyn_store: Arc<dyn Store> = store.clone();
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let access = Arc::new(clustercred_api::StoredBearerTokens::new(dyn_store.clone()));
             let settings = Settings {
                 token_issuer: issuer_url.trim_end_matches('/').to_string(),
                 ..Settings::default()
             };
+            let access = Arc::new(clustercred_api::iam::access::IamAccess::new(
+                dyn_store.clone(),
+                signer.clone(),
+                clock.clone(),
+                settings.token_issuer.clone(),
+                settings.token_leeway,
+            ));
             let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer, access));
             let caller = Caller {
                 principal: Principal {
