@@ -224,6 +224,57 @@ impl Ctx {
         Ok(Caller { principal, meta })
     }
 
+    /// Like `authorize`, for callers that may act through any of several permissions (operations are shared
+    /// by three APIs): the indexes of the permissions held, or a refusal (audited) when none is.
+    pub async fn authorize_any<T>(
+        &self,
+        request: &tonic::Request<T>,
+        permissions: &[String],
+        resource: &str,
+    ) -> Result<(Caller, Vec<usize>), Status> {
+        let meta = RequestMeta::of(request);
+        let principal = match self.access.authenticate(request.metadata()).await {
+            Ok(p) => p,
+            Err(status) => {
+                self.record_refusal(
+                    "anonymous",
+                    &meta,
+                    &permissions.join("|"),
+                    resource,
+                    &status,
+                )
+                .await;
+                return Err(status);
+            }
+        };
+        let mut held = Vec::new();
+        let mut refusal = None;
+        for (i, permission) in permissions.iter().enumerate() {
+            match self
+                .access
+                .authorize(&principal, permission, resource)
+                .await
+            {
+                Ok(()) => held.push(i),
+                Err(status) => refusal = refusal.or(Some(status)),
+            }
+        }
+        match refusal {
+            Some(status) if held.is_empty() => {
+                self.record_refusal(
+                    &principal.member(),
+                    &meta,
+                    &permissions.join("|"),
+                    resource,
+                    &status,
+                )
+                .await;
+                Err(status)
+            }
+            _ => Ok((Caller { principal, meta }, held)),
+        }
+    }
+
     /// An audit event for this moment.
     #[allow(clippy::too_many_arguments)]
     pub fn event(

@@ -53,6 +53,50 @@ fn api_of(op: &Operation) -> &str {
         .unwrap_or("clustercred")
 }
 
+const APIS: [&str; 3] = ["alloydb", "edgecontainer", "gkemulticloud"];
+
+impl OperationsService {
+    /// The APIs whose `<api>.operations.<verb>` the caller holds on `resource` (refused when none), checked
+    /// before any operation is read, so a caller without access learns nothing about which exist.
+    async fn allowed<T>(
+        &self,
+        request: &Request<T>,
+        verb: &str,
+        resource: &str,
+    ) -> Result<Vec<&'static str>, Status> {
+        let permissions: Vec<String> = APIS
+            .iter()
+            .map(|api| format!("{api}.operations.{verb}"))
+            .collect();
+        let (_, held) = self
+            .ctx
+            .authorize_any(request, &permissions, resource)
+            .await?;
+        Ok(held
+            .into_iter()
+            .filter_map(|i| APIS.get(i).copied())
+            .collect())
+    }
+
+    /// An operation the caller may act on with `verb`.
+    async fn load_allowed<T>(
+        &self,
+        request: &Request<T>,
+        verb: &str,
+        name: &str,
+    ) -> Result<Operation, Status> {
+        let apis = self.allowed(request, verb, name).await?;
+        let op = self.load(name).await?;
+        if !apis.contains(&api_of(&op)) {
+            return Err(Status::permission_denied(format!(
+                "Permission '{}.operations.{verb}' denied on resource '{name}' (or it may not exist).",
+                api_of(&op)
+            )));
+        }
+        Ok(op)
+    }
+}
+
 #[tonic::async_trait]
 impl Operations for OperationsService {
     async fn list_operations(
@@ -61,9 +105,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<ListOperationsResponse>, Status> {
         let req = request.get_ref();
         let parent = parse_location("name", &req.name)?.to_string();
-        self.ctx
-            .authorize(&request, "operations.list", &parent)
-            .await?;
+        let apis = self.allowed(&request, "list", &parent).await?;
         if !req.filter.is_empty() {
             return Err(crate::errors::invalid_field(
                 "filter",
@@ -86,7 +128,11 @@ impl Operations for OperationsService {
             .iter()
             .map(|r| Operation::decode(r.data.as_slice()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| internal("decoding stored operations", e))?;
+            .map_err(|e| internal("decoding stored operations", e))?
+            .into_iter()
+            // Only the operations of APIs the caller may list.
+            .filter(|op| apis.contains(&api_of(op)))
+            .collect();
         Ok(Response::new(ListOperationsResponse {
             operations,
             next_page_token: next,
@@ -99,14 +145,9 @@ impl Operations for OperationsService {
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
         let name = operation_name(&request.get_ref().name)?;
-        let principal = self.ctx.access.authenticate(request.metadata()).await?;
-        let op = self.load(&name).await?;
-        let permission = format!("{}.operations.get", api_of(&op));
-        self.ctx
-            .access
-            .authorize(&principal, &permission, &name)
-            .await?;
-        Ok(Response::new(op))
+        Ok(Response::new(
+            self.load_allowed(&request, "get", &name).await?,
+        ))
     }
 
     async fn delete_operation(
@@ -114,13 +155,7 @@ impl Operations for OperationsService {
         request: Request<DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let name = operation_name(&request.get_ref().name)?;
-        let principal = self.ctx.access.authenticate(request.metadata()).await?;
-        let op = self.load(&name).await?;
-        let permission = format!("{}.operations.delete", api_of(&op));
-        self.ctx
-            .access
-            .authorize(&principal, &permission, &name)
-            .await?;
+        self.load_allowed(&request, "delete", &name).await?;
         self.ctx
             .store
             .delete_operation(&name)
@@ -135,13 +170,7 @@ impl Operations for OperationsService {
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let name = operation_name(&request.get_ref().name)?;
-        let principal = self.ctx.access.authenticate(request.metadata()).await?;
-        let op = self.load(&name).await?;
-        let permission = format!("{}.operations.cancel", api_of(&op));
-        self.ctx
-            .access
-            .authorize(&principal, &permission, &name)
-            .await?;
+        self.load_allowed(&request, "cancel", &name).await?;
         Ok(Response::new(()))
     }
 }
