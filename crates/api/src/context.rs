@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use clustercred_authority::{CaMaterial, CaParams, ClusterCa, GeneratedKeyAlgorithm, TokenSigner};
+use clustercred_authority::{
+    CaMaterial, CaParams, ClusterCa, GeneratedKeyAlgorithm, MasterKey, TokenSigner,
+};
 use clustercred_store::{
     AuditEvent, CaRecord, IdempotencyRecord, IssuanceOutcome, IssuanceRecord, Store,
 };
@@ -158,6 +160,16 @@ pub fn log_event(e: &AuditEvent) {
         client = %e.client_address, user_agent = %e.user_agent, "audit");
 }
 
+/// What a sealed CA key is bound to: its owner.
+pub fn ca_key_context(owner: &str) -> String {
+    format!("ca:{owner}")
+}
+
+/// What a sealed token-signing key is bound to: its key id.
+pub fn signing_key_context(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
+
 /// Shared state of the API adapters.
 pub struct Ctx {
     pub store: Arc<dyn Store>,
@@ -165,6 +177,8 @@ pub struct Ctx {
     pub settings: Settings,
     pub signer: Arc<TokenSigner>,
     pub access: Arc<dyn AccessControl>,
+    /// Seals the private keys the store keeps.
+    pub master: Arc<MasterKey>,
     cas: RwLock<HashMap<String, Arc<LoadedCa>>>,
 }
 
@@ -180,6 +194,7 @@ impl Ctx {
         settings: Settings,
         signer: Arc<TokenSigner>,
         access: Arc<dyn AccessControl>,
+        master: Arc<MasterKey>,
     ) -> Self {
         Ctx {
             store,
@@ -187,6 +202,7 @@ impl Ctx {
             settings,
             signer,
             access,
+            master,
             cas: RwLock::new(HashMap::new()),
         }
     }
@@ -371,7 +387,10 @@ impl Ctx {
         let record = CaRecord {
             owner: owner.to_string(),
             cert_pem: cert_pem.clone(),
-            key_der: key_pkcs8_der.to_vec(),
+            key_der: self
+                .master
+                .seal(&key_pkcs8_der, &ca_key_context(owner))
+                .map_err(|e| from_authority("sealing a CA key", e))?,
             not_after_unix: (now + self.settings.ca_validity).unix_timestamp(),
             create_time_unix: now.unix_timestamp(),
         };
@@ -394,7 +413,11 @@ impl Ctx {
         {
             return Ok(Some(Arc::new(ClusterCaRef(loaded.clone()))));
         }
-        let ca = ClusterCa::from_material(&record.cert_pem, &record.key_der)
+        let key = self
+            .master
+            .open(&record.key_der, &ca_key_context(owner))
+            .map_err(|e| from_authority("opening a CA key", e))?;
+        let ca = ClusterCa::from_material(&record.cert_pem, &key)
             .map_err(|e| from_authority("loading a cluster CA", e))?;
         let loaded = Arc::new(LoadedCa {
             cert_pem: record.cert_pem,

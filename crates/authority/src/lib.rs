@@ -5,6 +5,7 @@
 mod ca;
 mod error;
 mod keys;
+mod keywrap;
 mod token;
 
 pub use ca::{CaMaterial, CaParams, ClusterCa, IssuedCertificate, LeafRequest};
@@ -13,6 +14,7 @@ pub use keys::{
     ClientPublicKey, GeneratedKeyAlgorithm, GeneratedKeyPair, KeyError, PublicKeyAlgorithm,
     generate_key_pair,
 };
+pub use keywrap::{MASTER_KEY_LEN, MasterKey};
 pub use token::{
     Jwks, JwksError, MintRequest, MintedToken, SubjectTokenPolicy, TokenError, TokenErrorKind,
     TokenSigner, VerifiedServiceAccount, claim_time, jwks_document, peek_jwt, verify_jwt,

@@ -6,7 +6,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clustercred_authority::TokenSigner;
+use clustercred_api::context::signing_key_context;
+use clustercred_authority::{MasterKey, TokenSigner};
 use clustercred_store::{PrincipalRecord, SigningKeyRecord, Store};
 use sha2::{Digest, Sha256};
 
@@ -95,18 +96,70 @@ pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
     Ok(())
 }
 
-/// The newest token-signing key, generated on first start.
-pub async fn signing_key(store: &dyn Store, now_unix: i64) -> Result<TokenSigner> {
+/// The newest token-signing key (sealed under the master key), generated on first start.
+pub async fn signing_key(
+    store: &dyn Store,
+    master: &MasterKey,
+    now_unix: i64,
+) -> Result<TokenSigner> {
     if let Some(record) = store.signing_keys().await?.into_iter().next() {
-        return TokenSigner::from_pkcs8(&record.key_der).context("loading the token-signing key");
+        let der = master
+            .open(&record.key_der, &signing_key_context(&record.kid))
+            .context("opening the token-signing key")?;
+        return TokenSigner::from_pkcs8(&der).context("loading the token-signing key");
     }
     let (signer, der) = TokenSigner::generate().context("generating the token-signing key")?;
     store
         .put_signing_key(&SigningKeyRecord {
             kid: signer.kid().to_string(),
-            key_der: der.to_vec(),
+            key_der: master.seal(&der, &signing_key_context(signer.kid()))?,
             create_time_unix: now_unix,
         })
         .await?;
     Ok(signer)
+}
+
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// Where the key-encryption key comes from, first match wins: `--master-key-file`, the environment
+/// (`CLUSTERCRED_MASTER_KEY`, base64), or `DIR/master.key`, generated on first start with a warning that
+/// it belongs elsewhere (a key beside the database it protects only guards against a stolen database file).
+pub fn master_key(dir: &Path, file: Option<&Path>) -> Result<MasterKey> {
+    use base64::Engine;
+    let decode = |text: &str| -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let text = text.trim();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+            .context("the master key must be 32 bytes, base64-encoded")?;
+        Ok(zeroize::Zeroizing::new(bytes))
+    };
+    if let Some(path) = file {
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(path)
+                .with_context(|| format!("reading the master key {}", path.display()))?,
+        );
+        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
+    }
+    if let Ok(text) = std::env::var("CLUSTERCRED_MASTER_KEY") {
+        let text = zeroize::Zeroizing::new(text);
+        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
+    }
+    let path = dir.join(MASTER_KEY_FILE);
+    if path.exists() {
+        let text = zeroize::Zeroizing::new(fs::read_to_string(&path)?);
+        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
+    }
+    let (key, bytes) = MasterKey::generate()?;
+    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(encoded.as_bytes())?;
+    f.sync_all()?;
+    tracing::warn!(path = %path.display(), "generated a master key beside the database; in production keep it \
+        elsewhere (--master-key-file or CLUSTERCRED_MASTER_KEY) so a copy of the data directory does not carry it");
+    Ok(key)
 }

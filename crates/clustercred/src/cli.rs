@@ -111,6 +111,9 @@ pub enum IamCommand {
         display_name: String,
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// The master key, when not in the environment or the data directory.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
         /// The server's public URL, for the key file's token_uri.
         #[arg(
             long,
@@ -315,10 +318,15 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             account_id,
             display_name,
             key_file,
+            master_key_file,
             issuer_url,
         } => {
             let store = open(&dir.data_dir).await?;
-            let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
+            let master = Arc::new(bootstrap::master_key(
+                &dir.data_dir,
+                master_key_file.as_deref(),
+            )?);
+            let signer = Arc::new(bootstrap::signing_key(store.as_ref(), &master, now).await?);
             let dyn_store: Arc<dyn Store> = store.clone();
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let settings = Settings {
@@ -332,7 +340,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                 settings.token_issuer.clone(),
                 settings.token_leeway,
             ));
-            let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer, access));
+            let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer, access, master));
             let caller = Caller {
                 principal: Principal {
                     id: operator(),
@@ -396,4 +404,98 @@ fn policy_json(p: &clustercred_proto::google::iam::v1::Policy) -> serde_json::Va
         "etag": base64::engine::general_purpose::STANDARD.encode(&p.etag),
         "bindings": p.bindings.iter().map(|b| serde_json::json!({"role": b.role, "members": b.members})).collect::<Vec<_>>(),
     })
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Re-seal every stored private key under a new master key, in one transaction. Stop the server first.
+    RotateMaster {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The current master key, when not in the environment or the data directory.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+        /// The new master key (32 bytes, base64). Generated into this path (mode 0600) if it does not exist.
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
+}
+
+pub async fn keys(command: KeysCommand) -> Result<()> {
+    use base64::Engine;
+    use clustercred_api::context::{ca_key_context, signing_key_context};
+    use clustercred_authority::MasterKey;
+    let KeysCommand::RotateMaster {
+        dir,
+        master_key_file,
+        new_master_key_file,
+    } = command;
+    let store = open(&dir.data_dir).await?;
+    let current = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
+    let new = if new_master_key_file.exists() {
+        bootstrap::master_key(&dir.data_dir, Some(&new_master_key_file))?
+    } else {
+        let (key, bytes) = MasterKey::generate()?;
+        let encoded =
+            zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
+        write_secret(&new_master_key_file, encoded.as_bytes())?;
+        key
+    };
+    if new.id() == current.id() {
+        bail!("the new master key is the current one");
+    }
+    let mut resealed = Vec::new();
+    for key in store.sealed_keys().await? {
+        let context = match key.kind.as_str() {
+            "ca" => ca_key_context(&key.id),
+            _ => signing_key_context(&key.id),
+        };
+        let plaintext = current.open(&key.sealed, &context).with_context(|| {
+            format!(
+                "opening the {} key of {} with the current master key",
+                key.kind, key.id
+            )
+        })?;
+        resealed.push(clustercred_store::SealedKey {
+            sealed: new.seal(&plaintext, &context)?,
+            ..key
+        });
+    }
+    let event = cli_event(
+        "keys",
+        "rotate-master",
+        format!(
+            "re-sealed {} keys: master key {} -> {}",
+            resealed.len(),
+            current.id(),
+            new.id()
+        ),
+    );
+    store.replace_sealed_keys(&resealed, Some(&event)).await?;
+    // A default setup reads DIR/master.key: keep it working by putting the new key there too.
+    let default_path = dir.data_dir.join(bootstrap::MASTER_KEY_FILE);
+    if master_key_file.is_none()
+        && std::env::var("CLUSTERCRED_MASTER_KEY").is_err()
+        && default_path.exists()
+    {
+        let tmp = dir.data_dir.join("master.key.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::copy(&new_master_key_file, &tmp)?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        std::fs::rename(&tmp, &default_path)?;
+        println!(
+            "re-sealed {} keys under master key {}; {} now holds it",
+            resealed.len(),
+            new.id(),
+            default_path.display()
+        );
+    } else {
+        println!(
+            "re-sealed {} keys under master key {}; start the server with --master-key-file {}",
+            resealed.len(),
+            new.id(),
+            new_master_key_file.display()
+        );
+    }
+    Ok(())
 }

@@ -40,6 +40,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_ISSUER_URL")]
     pub issuer_url: Option<String>,
 
+    /// The key-encryption key for private keys at rest: a file holding 32 bytes in base64. Also
+    /// `CLUSTERCRED_MASTER_KEY`. Without either, one is generated into the data directory.
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
+
     /// Key algorithm of Edge offline credentials.
     #[arg(
         long,
@@ -102,6 +107,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             issuer_url: None,
+            master_key_file: None,
             offline_key_algorithm: OfflineKeyAlgorithm::EcdsaP256,
             offline_credential_lifetime_secs: 12 * 3600,
             agent_token_lifetime_secs: 3600,

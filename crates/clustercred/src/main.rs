@@ -22,6 +22,9 @@ enum Command {
     /// Principals, service accounts and role bindings.
     #[command(subcommand)]
     Iam(clustercred::cli::IamCommand),
+    /// Keys at rest: master-key rotation.
+    #[command(subcommand)]
+    Keys(clustercred::cli::KeysCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -46,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Audit(command) => clustercred::cli::audit(command).await,
         Command::Iam(command) => clustercred::cli::iam(command).await,
+        Command::Keys(command) => clustercred::cli::keys(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

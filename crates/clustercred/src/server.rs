@@ -66,7 +66,11 @@ impl Server {
         let now = clock.now().unix_timestamp();
         let admin_token_path = bootstrap::admin(store.as_ref(), &config.data_dir, now).await?;
         bootstrap::root_policy(store.as_ref(), now).await?;
-        let signer = Arc::new(bootstrap::signing_key(store.as_ref(), now).await?);
+        let master = Arc::new(bootstrap::master_key(
+            &config.data_dir,
+            config.master_key_file.as_deref(),
+        )?);
+        let signer = Arc::new(bootstrap::signing_key(store.as_ref(), &master, now).await?);
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -98,7 +102,14 @@ impl Server {
             access = access.with_oidc(oidc);
         }
         let access = Arc::new(access);
-        let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer.clone(), access));
+        let ctx = Arc::new(Ctx::new(
+            dyn_store,
+            clock,
+            settings,
+            signer.clone(),
+            access,
+            master,
+        ));
 
         let alloydb = AlloyDb::new(ctx.clone());
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -136,6 +136,15 @@ pub trait Store: Send + Sync + 'static {
     /// Audit events in order, filtered.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredAuditEvent>>;
 
+    /// Every sealed private key the store holds (CA keys and token-signing keys), for re-wrapping.
+    async fn sealed_keys(&self) -> Result<Vec<SealedKey>>;
+    /// Replaces sealed keys in one transaction (a master-key rotation is all or nothing).
+    async fn replace_sealed_keys(
+        &self,
+        keys: &[SealedKey],
+        audit: Option<&AuditEvent>,
+    ) -> Result<()>;
+
     /// Signing keys for tokens clustercred mints, newest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;

@@ -197,3 +197,12 @@ pub fn verify_chain(events: &[StoredAuditEvent]) -> Result<(), ChainBreak> {
     }
     Ok(())
 }
+
+/// A sealed private key and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedKey {
+    /// `ca` (id = the owning resource) or `signing_key` (id = the key id).
+    pub kind: String,
+    pub id: String,
+    pub sealed: Vec<u8>,
+}

@@ -641,6 +641,64 @@ impl Store for SqliteStore {
         row.as_ref().map(principal_from_row).transpose()
     }
 
+    async fn sealed_keys(&self) -> Result<Vec<SealedKey>> {
+        let mut out = Vec::new();
+        for row in sqlx::query("SELECT owner, key_der FROM cas ORDER BY owner")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push(SealedKey {
+                kind: "ca".into(),
+                id: row.try_get("owner")?,
+                sealed: row.try_get("key_der")?,
+            });
+        }
+        for row in sqlx::query("SELECT kid, key_der FROM signing_keys ORDER BY kid")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push(SealedKey {
+                kind: "signing_key".into(),
+                id: row.try_get("kid")?,
+                sealed: row.try_get("key_der")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn replace_sealed_keys(
+        &self,
+        keys: &[SealedKey],
+        audit: Option<&AuditEvent>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for key in keys {
+            let sql = match key.kind.as_str() {
+                "ca" => "UPDATE cas SET key_der = ? WHERE owner = ?",
+                "signing_key" => "UPDATE signing_keys SET key_der = ? WHERE kid = ?",
+                other => {
+                    return Err(StoreError::Backend(format!(
+                        "unknown sealed key kind {other}"
+                    )));
+                }
+            };
+            let updated = sqlx::query(sql)
+                .bind(&key.sealed)
+                .bind(&key.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated != 1 {
+                return Err(StoreError::NotFound);
+            }
+        }
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY create_time DESC, kid")
             .fetch_all(&self.pool)
