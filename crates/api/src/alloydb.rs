@@ -501,6 +501,8 @@ impl AlloyDb {
             &[u8::from(req.use_metadata_exchange)],
         ]
         .join(&0u8);
+        self.ctx.limits.cluster(&cluster_s)?;
+        let _permit = self.ctx.limits.signing()?;
         let now = self.ctx.now();
         self.ctx
             .issue_once(

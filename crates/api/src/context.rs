@@ -54,6 +54,8 @@ pub struct Settings {
     /// Defaults for an Edge cluster's Kubernetes API endpoint when the create request names none.
     pub edge_default_endpoint: String,
     pub edge_default_port: i32,
+    /// Rate limits and concurrency caps.
+    pub limits: crate::limits::LimitSettings,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             idempotency_retention: Duration::hours(24),
             edge_default_endpoint: "127.0.0.1".into(),
             edge_default_port: 6443,
+            limits: crate::limits::LimitSettings::default(),
         }
     }
 }
@@ -179,6 +182,7 @@ pub struct Ctx {
     pub access: Arc<dyn AccessControl>,
     /// Seals the private keys the store keeps.
     pub master: Arc<MasterKey>,
+    pub limits: crate::limits::Limits,
     cas: RwLock<HashMap<String, Arc<LoadedCa>>>,
 }
 
@@ -197,6 +201,7 @@ impl Ctx {
         master: Arc<MasterKey>,
     ) -> Self {
         Ctx {
+            limits: crate::limits::Limits::new(&settings.limits),
             store,
             clock,
             settings,
@@ -237,6 +242,7 @@ impl Ctx {
             return Err(status);
         }
         tracing::debug!(principal = %principal.id, permission, resource, "authorized");
+        self.limits.principal(&principal.member())?;
         Ok(Caller { principal, meta })
     }
 

@@ -206,11 +206,14 @@ impl EdgeContainer for EdgeContainerService {
             .await?
             .ok_or_else(|| not_found("cluster", &name))?;
 
+        self.ctx.limits.cluster(&name)?;
+        let _permit = self.ctx.limits.signing()?;
         let algorithm = self.ctx.settings.offline_key_algorithm;
         let key = if matches!(algorithm, GeneratedKeyAlgorithm::EcdsaP256) {
             generate_key_pair(algorithm)
         } else {
-            // RSA generation takes tens of milliseconds: keep it off the async workers.
+            // RSA generation takes tens of milliseconds: keep it off the async workers, capped apart.
+            let _rsa = self.ctx.limits.rsa_keygen()?;
             tokio::task::spawn_blocking(move || generate_key_pair(algorithm))
                 .await
                 .map_err(|e| crate::errors::internal("generating a key pair", e))?

@@ -311,6 +311,8 @@ impl AttachedClusters for AttachedClustersService {
         }
 
         let name_s = name.to_string();
+        self.ctx.limits.cluster(&name_s)?;
+        let _permit = self.ctx.limits.signing()?;
         let cluster: pb::AttachedCluster = self.ctx.load(KIND, LABEL, &name_s).await?;
         let oidc = cluster.oidc_config.unwrap_or_default();
         if oidc.jwks.is_empty() {

@@ -9,6 +9,7 @@ pub mod edgecontainer;
 pub mod errors;
 pub mod gkemulticloud;
 pub mod iam;
+pub mod limits;
 pub mod names;
 pub mod operations;
 

@@ -90,6 +90,30 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_OIDC_MIN_REFETCH", default_value_t = 30)]
     pub oidc_min_refetch_secs: u64,
 
+    /// Sustained calls per second allowed to one principal (and the burst above it).
+    #[arg(long, env = "CLUSTERCRED_RATE_PER_PRINCIPAL", default_value_t = 100.0)]
+    pub rate_per_principal: f64,
+    #[arg(long, env = "CLUSTERCRED_BURST_PER_PRINCIPAL", default_value_t = 200.0)]
+    pub burst_per_principal: f64,
+
+    /// Sustained credential issuances per second for one cluster (and the burst above it).
+    #[arg(long, env = "CLUSTERCRED_RATE_PER_CLUSTER", default_value_t = 500.0)]
+    pub rate_per_cluster: f64,
+    #[arg(long, env = "CLUSTERCRED_BURST_PER_CLUSTER", default_value_t = 1000.0)]
+    pub burst_per_cluster: f64,
+
+    /// Signing operations in flight at once; beyond, calls get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "CLUSTERCRED_MAX_CONCURRENT_SIGNING", default_value_t = 64)]
+    pub max_concurrent_signing: usize,
+
+    /// Largest request body (REST) or message (gRPC) accepted, in bytes.
+    #[arg(long, env = "CLUSTERCRED_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Time a request may take before it is answered DEADLINE_EXCEEDED / 504.
+    #[arg(long, env = "CLUSTERCRED_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -116,6 +140,13 @@ impl ServeConfig {
             edge_port: 6443,
             trusted_issuers: None,
             oidc_min_refetch_secs: 30,
+            rate_per_principal: 100.0,
+            burst_per_principal: 200.0,
+            rate_per_cluster: 500.0,
+            burst_per_cluster: 1000.0,
+            max_concurrent_signing: 64,
+            max_request_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
             log_format: LogFormat::Text,
         }
     }
@@ -149,6 +180,18 @@ impl ServeConfig {
                 .collect(),
             edge_default_endpoint: self.edge_endpoint.clone(),
             edge_default_port: i32::from(self.edge_port),
+            limits: clustercred_api::limits::LimitSettings {
+                per_principal: clustercred_api::limits::Rate {
+                    per_second: self.rate_per_principal.max(0.001),
+                    burst: self.burst_per_principal.max(1.0),
+                },
+                per_cluster: clustercred_api::limits::Rate {
+                    per_second: self.rate_per_cluster.max(0.001),
+                    burst: self.burst_per_cluster.max(1.0),
+                },
+                max_concurrent_signing: self.max_concurrent_signing.max(1),
+                ..Default::default()
+            },
             ..Settings::default()
         }
     }

@@ -38,7 +38,8 @@ pub struct Server {
     ctx: Arc<Ctx>,
 }
 
-fn mounts() -> Vec<ApiMount> {
+/// The REST mounts: each API under its prefix, recognised by Host too.
+pub fn mounts() -> Vec<ApiMount> {
     let mount = |prefix: &str, package: &str| ApiMount {
         prefix: prefix.to_string(),
         packages: vec![package.to_string()],
@@ -117,16 +118,50 @@ impl Server {
             .register_encoded_file_descriptor_set(clustercred_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let routes = tonic::service::Routes::new(AlloyDbV1(alloydb.clone()).into_server())
-            .add_service(AlloyDbV1beta(alloydb.clone()).into_server())
-            .add_service(AlloyDbV1alpha(alloydb).into_server())
-            .add_service(EdgeContainerService::new(ctx.clone()).into_server())
-            .add_service(AttachedClustersService::new(ctx.clone()).into_server())
-            .add_service(OperationsService::new(ctx.clone()).into_server())
-            .add_service(IamService::new(ctx.clone()).into_server())
-            .add_service(ProjectsService::new(ctx.clone()).into_server())
-            .add_service(health_service)
-            .add_service(reflection);
+        // gRPC messages get the same size limit as REST bodies.
+        let limit = config.max_request_bytes;
+        let routes = tonic::service::Routes::new(
+            AlloyDbV1(alloydb.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AlloyDbV1beta(alloydb.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AlloyDbV1alpha(alloydb)
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            EdgeContainerService::new(ctx.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AttachedClustersService::new(ctx.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            OperationsService::new(ctx.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            IamService::new(ctx.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ProjectsService::new(ctx.clone())
+                .into_server()
+                .max_decoding_message_size(limit),
+        )
+        .add_service(health_service)
+        .add_service(reflection);
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -156,8 +191,13 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/oauth2/token", post(token_endpoint))
             .with_state(ctx.clone());
-        let app = clustercred_transport::router(routes, gateway, extra)
-            .layer(axum::middleware::map_request(client_address));
+        let app = clustercred_transport::router(
+            routes,
+            gateway.with_body_limit(config.max_request_bytes),
+            extra,
+            std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
+        )
+        .layer(axum::middleware::map_request(client_address));
         Ok(Server {
             addr,
             admin_token_path,

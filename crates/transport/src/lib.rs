@@ -16,7 +16,9 @@ use tower::ServiceExt;
 
 pub use errors::{error_body, http_status, invalid_field, status_name, status_to_http};
 pub use template::{RequestPath, Template, TemplateError};
-pub use transcode::{ApiMount, DEFAULT_BODY_LIMIT, GatewayError, METHOD_HEADER, RestGateway};
+pub use transcode::{
+    ApiMount, DEFAULT_BODY_LIMIT, GatewayError, METHOD_HEADER, RestGateway, RouteInfo,
+};
 
 fn is_grpc(req: &Request<Body>) -> bool {
     req.headers()
@@ -26,33 +28,47 @@ fn is_grpc(req: &Request<Body>) -> bool {
 }
 
 /// The one-port application: `extra` routes first (exact paths), then gRPC for `application/grpc*` requests,
-/// then the REST gateway for everything else.
+/// then the REST gateway for everything else. Each request gets `timeout` to complete; past it the client gets
+/// DEADLINE_EXCEEDED (gRPC) or 504 (REST) and the work is dropped.
 pub fn router(
     grpc: tonic::service::Routes,
     gateway: RestGateway,
     extra: axum::Router,
+    timeout: std::time::Duration,
 ) -> axum::Router {
     let grpc_router = grpc.clone().prepare().into_axum_router();
-    let fallback = tower::service_fn(move |req: Request<Body>| {
+    let fallback = tower::service_fn(move |mut req: Request<Body>| {
         let grpc_router = grpc_router.clone();
         let grpc = grpc.clone();
         let gateway = gateway.clone();
         async move {
-            let mut req = req;
-            let response: Response<Body> = if is_grpc(&req) {
-                // gRPC names its method in the path; whatever a client put in the header is replaced.
-                let method =
-                    http::HeaderValue::from_str(req.uri().path().trim_start_matches('/')).ok();
-                match method {
-                    Some(m) => req.headers_mut().insert(METHOD_HEADER, m),
-                    None => req.headers_mut().remove(METHOD_HEADER),
-                };
-                match grpc_router.oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+            let grpc_call = is_grpc(&req);
+            let pool = gateway.pool().clone();
+            let work = async move {
+                if grpc_call {
+                    // gRPC names its method in the path; whatever a client put in the header is replaced.
+                    match http::HeaderValue::from_str(req.uri().path().trim_start_matches('/')) {
+                        Ok(m) => req.headers_mut().insert(METHOD_HEADER, m),
+                        Err(_) => req.headers_mut().remove(METHOD_HEADER),
+                    };
+                    match grpc_router.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                } else {
+                    gateway.handle(grpc, req).await
                 }
-            } else {
-                gateway.handle(grpc, req).await
+            };
+            let response: Response<Body> = match tokio::time::timeout(timeout, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let status = tonic::Status::deadline_exceeded("the request took too long");
+                    if grpc_call {
+                        status.into_http::<Body>()
+                    } else {
+                        status_to_http(&status, &pool)
+                    }
+                }
             };
             Ok::<_, Infallible>(response)
         }

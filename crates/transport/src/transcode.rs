@@ -59,6 +59,18 @@ fn forwarded(name: &str) -> bool {
     ) || name.starts_with("x-goog-")
 }
 
+/// A REST route, for documentation and tests.
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    pub prefix: String,
+    pub method: Method,
+    pub path: String,
+    pub rpc: String,
+    pub input: String,
+    pub output: String,
+    pub body: Option<String>,
+}
+
 /// One API served under a path prefix and recognised by Host.
 #[derive(Clone, Debug)]
 pub struct ApiMount {
@@ -82,6 +94,7 @@ pub enum GatewayError {
 
 struct Route {
     method: Method,
+    path: String,
     template: Template,
     rpc: MethodDescriptor,
     /// `None`: no body; `Some("*")`: the whole message; `Some(field)`: that field.
@@ -137,6 +150,7 @@ fn rule_route(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Route>, 
     let response_body = (!rule.response_body.is_empty()).then(|| rule.response_body.clone());
     Ok(Some(Route {
         method,
+        path: path.to_string(),
         template: Template::parse(path)?,
         rpc: rpc.clone(),
         body,
@@ -201,6 +215,25 @@ impl RestGateway {
             inner.body_limit = limit;
         }
         self
+    }
+
+    /// Every REST route: (mount prefix, HTTP method, path template, full gRPC method, body rule).
+    pub fn route_table(&self) -> Vec<RouteInfo> {
+        self.inner
+            .mounts
+            .iter()
+            .flat_map(|m| {
+                m.routes.iter().map(|r| RouteInfo {
+                    prefix: m.api.prefix.clone(),
+                    method: r.method.clone(),
+                    path: r.path.clone(),
+                    rpc: format!("{}/{}", r.rpc.parent_service().full_name(), r.rpc.name()),
+                    input: r.rpc.input().full_name().to_string(),
+                    output: r.rpc.output().full_name().to_string(),
+                    body: r.body.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn pool(&self) -> &DescriptorPool {

@@ -165,6 +165,24 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
         );
     }
 
+    if ctx
+        .limits
+        .principal(&format!("serviceAccount:{email}"))
+        .is_err()
+    {
+        return oauth_error(
+            429,
+            "temporarily_unavailable",
+            "rate limit exceeded; retry later",
+        );
+    }
+    let Ok(_permit) = ctx.limits.signing() else {
+        return oauth_error(
+            503,
+            "temporarily_unavailable",
+            "the server is busy; retry shortly",
+        );
+    };
     let issuer = ctx.settings.token_issuer.clone();
     let lifetime = time::Duration::seconds(TOKEN_LIFETIME_SECS);
     let target_audience = claims.get("target_audience").and_then(Value::as_str);

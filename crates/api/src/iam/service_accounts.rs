@@ -205,6 +205,7 @@ impl IamService {
         account_name: &str,
     ) -> Result<pb::ServiceAccountKey, Status> {
         let account = self.account(account_name).await?;
+        let _rsa = self.ctx.limits.rsa_keygen()?;
         let pair =
             tokio::task::spawn_blocking(|| generate_key_pair(GeneratedKeyAlgorithm::Rsa2048))
                 .await
