@@ -53,11 +53,12 @@ class AuthInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 class Server:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, extra_args=()):
         self.data_dir = data_dir
+        self.tls = "--tls-auto" in extra_args
         binary = os.environ["CLUSTERCRED_BIN"]
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+            [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, *extra_args],
             stdout=subprocess.PIPE,
             stderr=open(os.path.join(data_dir, "server.log"), "ab"),
             text=True,
@@ -76,7 +77,7 @@ class Server:
 
     @property
     def url(self):
-        return f"http://{self.addr}"
+        return f"{'https' if self.tls else 'http'}://{self.addr}"
 
     def stop(self):
         self.proc.terminate()
@@ -140,8 +141,8 @@ def start_server():
     """Starts servers on data directories of the test's choosing (for restarts); stops them afterwards."""
     started = []
 
-    def start(data_dir):
-        s = Server(data_dir)
+    def start(data_dir, extra_args=()):
+        s = Server(data_dir, extra_args)
         started.append(s)
         return s
 

@@ -131,6 +131,63 @@ impl ClusterCa {
         self.not_after
     }
 
+    /// A TLS server certificate (serverAuth) for `dns_names` and `ips`, never outliving the CA.
+    pub fn issue_server_certificate(
+        &self,
+        public_key: &ClientPublicKey,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, AuthorityError> {
+        if lifetime <= Duration::ZERO {
+            return Err(AuthorityError::BadLifetime);
+        }
+        if self.not_after <= now {
+            return Err(AuthorityError::CaExpired(self.not_after));
+        }
+        let serial = random_serial();
+        let mut params = CertificateParams::default();
+        let cn = dns_names
+            .first()
+            .cloned()
+            .or_else(|| ips.first().map(|ip| ip.to_string()))
+            .unwrap_or_default();
+        params.distinguished_name = name(&cn, Some("clustercred"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if matches!(public_key.algorithm(), PublicKeyAlgorithm::Rsa { .. }) {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        for dns in dns_names {
+            let dns = rcgen::string::Ia5String::try_from(dns.as_str()).map_err(cert_error)?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(dns));
+        }
+        for ip in ips {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(*ip));
+        }
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.use_authority_key_identifier_extension = true;
+        let not_before = now - BACKDATE;
+        let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
+        let not_after = (now + lifetime).min(self.not_after);
+        let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let spki =
+            rcgen::SubjectPublicKeyInfo::from_der(public_key.spki_der()).map_err(cert_error)?;
+        let cert = params.signed_by(&spki, &self.issuer).map_err(cert_error)?;
+        Ok(IssuedCertificate {
+            cert_pem: with_newline(cert.pem()),
+            serial_hex: hex::encode(serial),
+            not_before,
+            not_after,
+        })
+    }
+
     /// A client certificate (clientAuth, not a CA) for `public_key`, never outliving the CA.
     pub fn issue_client_certificate(
         &self,

@@ -45,6 +45,24 @@ pub struct ServeConfig {
     #[arg(long)]
     pub master_key_file: Option<PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, env = "CLUSTERCRED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CLUSTERCRED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate from a local server CA kept in the data directory (its certificate is
+    /// written to DIR/tls-ca.pem for clients to trust, e.g. GRPC_DEFAULT_SSL_ROOTS_FILE_PATH).
+    #[arg(long, env = "CLUSTERCRED_TLS_AUTO", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_auto: bool,
+    /// Extra DNS names or IP addresses for the automatic certificate (localhost, 127.0.0.1, ::1 and the listen
+    /// address are always in it).
+    #[arg(long = "tls-san", env = "CLUSTERCRED_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Require client certificates chained to this CA (PEM).
+    #[arg(long, env = "CLUSTERCRED_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Key algorithm of Edge offline credentials.
     #[arg(
         long,
@@ -132,6 +150,11 @@ impl ServeConfig {
             data_dir,
             issuer_url: None,
             master_key_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_auto: false,
+            tls_sans: Vec::new(),
+            tls_client_ca: None,
             offline_key_algorithm: OfflineKeyAlgorithm::EcdsaP256,
             offline_credential_lifetime_secs: 12 * 3600,
             agent_token_lifetime_secs: 3600,
@@ -151,11 +174,16 @@ impl ServeConfig {
         }
     }
 
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_auto || self.tls_cert.is_some()
+    }
+
     pub fn settings(&self, bound: SocketAddr) -> Settings {
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
         let issuer = self
             .issuer_url
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+            .unwrap_or_else(|| format!("{scheme}://{bound}"))
             .trim_end_matches('/')
             .to_string();
         Settings {

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod server;
+pub mod tls;
 
 pub use config::ServeConfig;
 pub use server::{Server, run};

@@ -32,7 +32,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub admin_token_path: PathBuf,
     pub issuer: String,
+    /// Where clients find the CA of the automatic TLS certificate.
+    pub tls_ca_file: Option<PathBuf>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     store: Arc<SqliteStore>,
     ctx: Arc<Ctx>,
@@ -77,6 +80,24 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let tls = crate::tls::setup(
+            &crate::tls::TlsOptions {
+                cert: config.tls_cert.as_deref(),
+                key: config.tls_key.as_deref(),
+                auto: config.tls_auto,
+                extra_names: &config.tls_sans,
+                client_ca: config.tls_client_ca.as_deref(),
+            },
+            store.as_ref(),
+            &master,
+            &config.data_dir,
+            addr,
+        )
+        .await?;
+        let (tls, tls_ca_file) = match tls {
+            Some(t) => (Some(t.acceptor), t.ca_file),
+            None => (None, None),
+        };
         let settings = config.settings(addr);
         let issuer = settings.token_issuer.clone();
 
@@ -202,7 +223,9 @@ impl Server {
             addr,
             admin_token_path,
             issuer,
+            tls_ca_file,
             listener,
+            tls,
             app,
             store,
             ctx,
@@ -222,7 +245,12 @@ impl Server {
                 }
             }
         });
-        let result = clustercred_transport::serve(self.listener, self.app, shutdown).await;
+        let result = match self.tls {
+            Some(acceptor) => {
+                clustercred_transport::serve_tls(self.listener, self.app, acceptor, shutdown).await
+            }
+            None => clustercred_transport::serve(self.listener, self.app, shutdown).await,
+        };
         purge.abort();
         self.store.close().await;
         result.context("serving")
@@ -270,6 +298,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tracing::info!(address = %server.addr, issuer = %server.issuer, admin_token = %server.admin_token_path.display(),
         "clustercred serving gRPC and REST");
     eprintln!("admin bearer token: {}", server.admin_token_path.display());
+    if let Some(ca) = &server.tls_ca_file {
+        eprintln!(
+            "TLS: clients trust the server CA in {} (e.g. GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)",
+            ca.display()
+        );
+    }
     // Scripts and tests wait for this line on stdout.
     println!("listening on {}", server.addr);
     server.serve(shutdown_signal()).await

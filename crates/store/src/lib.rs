@@ -71,6 +71,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     async fn get_ca(&self, owner: &str) -> Result<Option<CaRecord>>;
+    /// Stores a CA that belongs to no resource (e.g. the server's own TLS CA); `AlreadyExists` if present.
+    async fn put_ca(&self, ca: &CaRecord) -> Result<()>;
 
     async fn get_operation(&self, name: &str) -> Result<Option<OperationRecord>>;
     async fn list_operations(

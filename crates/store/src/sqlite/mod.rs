@@ -303,6 +303,18 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn put_ca(&self, ca: &CaRecord) -> Result<()> {
+        sqlx::query("INSERT INTO cas (owner, cert_pem, key_der, not_after, create_time) VALUES (?, ?, ?, ?, ?)")
+            .bind(&ca.owner)
+            .bind(&ca.cert_pem)
+            .bind(&ca.key_der)
+            .bind(ca.not_after_unix)
+            .bind(ca.create_time_unix)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn get_operation(&self, name: &str) -> Result<Option<OperationRecord>> {
         let row = sqlx::query("SELECT * FROM operations WHERE name = ?")
             .bind(name)
