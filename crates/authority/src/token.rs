@@ -283,17 +283,79 @@ fn header_of(token: &str) -> Result<Map<String, Value>, TokenError> {
     if payload.is_empty() || signature.is_empty() {
         return Err(TokenError::Malformed("empty payload or signature"));
     }
-    for part in [payload, signature] {
-        URL_SAFE_NO_PAD
-            .decode(part.as_bytes())
-            .map_err(|_| TokenError::Malformed("not base64url"))?;
-    }
+    URL_SAFE_NO_PAD
+        .decode(signature.as_bytes())
+        .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload.as_bytes())
+        .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
     let bytes = URL_SAFE_NO_PAD
         .decode(header.as_bytes())
         .map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    // Two parsers may pick different copies of a repeated member: refuse repeats outright.
+    if has_duplicate_keys(&bytes) || has_duplicate_keys(&payload) {
+        return Err(TokenError::Malformed("a JSON member is repeated"));
+    }
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(TokenError::Malformed("header is not a JSON object")),
+    }
+}
+
+/// Whether any JSON object in `json` repeats a member name (at any depth). Invalid JSON answers false: the
+/// parse that follows reports it.
+fn has_duplicate_keys(json: &[u8]) -> bool {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Check;
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom("duplicate member"));
+                }
+                map.next_value_seed(CheckSeed)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(CheckSeed)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    struct CheckSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for CheckSeed {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Check)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    match serde::de::DeserializeSeed::deserialize(CheckSeed, &mut de) {
+        Ok(()) => false,
+        Err(e) => e.to_string().starts_with("duplicate member"),
     }
 }
 

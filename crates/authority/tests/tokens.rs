@@ -436,3 +436,156 @@ fn keys_we_hold_verify_what_they_signed() {
         Err(TokenError::BadSignature)
     );
 }
+
+/// The attack catalogue against the one JWS verifier every acceptance point uses.
+#[test]
+fn jwt_attack_catalogue() {
+    let k = keys();
+    let set = jwks(&[ec_jwk(&k.ec, "ec"), rsa_jwk(&k.rsa, "rsa")]);
+    let good = sign(Algorithm::ES256, &k.ec, Some("ec"), &claims());
+    let parts: Vec<&str> = good.split('.').collect();
+    let raw = |header: &str, payload: &str, sig: &str| {
+        format!("{}.{}.{sig}", B64.encode(header), B64.encode(payload))
+    };
+    let attacker = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let with_header = |extra: Value| {
+        let mut h = json!({"alg": "ES256", "kid": "ec"});
+        for (k2, v) in extra.as_object().unwrap() {
+            h[k2] = v.clone();
+        }
+        // Signed by the attacker's key, which the header offers in every way it can.
+        let input = format!("{}.{}", B64.encode(h.to_string()), parts[1]);
+        let sig = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &attacker.serialize_der(),
+        )
+        .unwrap()
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+        .unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    };
+    let claims_json = claims().to_string();
+    let mut non_canonical = parts[2].to_string();
+    // Flip bits that a canonical base64url encoding of the 64-byte signature leaves zero.
+    let last = non_canonical.pop().unwrap();
+    let idx = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        .find(last)
+        .unwrap();
+    non_canonical.push(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".as_bytes()[idx | 1]
+            as char,
+    );
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            raw(r#"{"alg":"none","kid":"ec"}"#, &claims_json, ""),
+        ),
+        (
+            "alg none, signed",
+            raw(r#"{"alg":"none","kid":"ec"}"#, &claims_json, "c2ln"),
+        ),
+        (
+            "alg None",
+            raw(r#"{"alg":"None","kid":"ec"}"#, &claims_json, "c2ln"),
+        ),
+        (
+            "HS256",
+            raw(r#"{"alg":"HS256","kid":"rsa"}"#, &claims_json, "c2ln"),
+        ),
+        (
+            "kid path traversal",
+            with_header(json!({"kid": "../../../../dev/null"})),
+        ),
+        (
+            "kid SQL injection",
+            with_header(json!({"kid": "' OR '1'='1' --"})),
+        ),
+        ("kid NUL", with_header(json!({"kid": "ec\u{0000}"}))),
+        (
+            "jku",
+            with_header(json!({"jku": "http://127.0.0.1:1/jwks"})),
+        ),
+        (
+            "x5u",
+            with_header(json!({"x5u": "http://127.0.0.1:1/cert"})),
+        ),
+        (
+            "embedded jwk",
+            with_header(json!({"jwk": ec_jwk(&attacker, "ec")})),
+        ),
+        ("crit", with_header(json!({"crit": ["exp"]}))),
+        (
+            "duplicate alg",
+            format!(
+                "{}.{}.{}",
+                B64.encode(r#"{"alg":"ES256","kid":"ec","alg":"none"}"#),
+                parts[1],
+                parts[2]
+            ),
+        ),
+        (
+            "duplicate claim",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                B64.encode(format!(r#"{{"sub":"x",{}"#, &claims_json[1..])),
+                parts[2]
+            ),
+        ),
+        (
+            "oversized",
+            format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]),
+        ),
+        (
+            "non-canonical base64",
+            format!("{}.{}.{non_canonical}", parts[0], parts[1]),
+        ),
+        (
+            "padding",
+            format!("{}.{}.{}==", parts[0], parts[1], parts[2]),
+        ),
+        ("four parts", format!("{good}.x")),
+        (
+            "expired",
+            sign(
+                Algorithm::ES256,
+                &k.ec,
+                Some("ec"),
+                &with(claims(), "exp", json!(NOW.unix_timestamp() - 3600)),
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::ES256,
+                &k.ec,
+                Some("ec"),
+                &with(claims(), "nbf", json!(NOW.unix_timestamp() + 3600)),
+            ),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::ES256,
+                &k.ec,
+                Some("ec"),
+                &with(claims(), "iss", json!("https://evil")),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::ES256,
+                &k.ec,
+                Some("ec"),
+                &with(claims(), "aud", json!("evil")),
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        let result = verify_service_account_token(&token, &set, &policy(), NOW);
+        assert!(result.is_err(), "{what} was accepted");
+    }
+    // And the genuine token still passes, so the refusals are about the attacks.
+    verify_service_account_token(&good, &set, &policy(), NOW).unwrap();
+}

@@ -233,3 +233,64 @@ async fn rate_limits_answer_resource_exhausted_with_retry_info() {
     assert!(retry["retryDelay"].as_str().unwrap().ends_with('s'));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn jwt_attacks_fail_at_every_acceptance_point() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let s = TestServer::start().await;
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({"iss": "x@p.iam.clustercred.internal", "sub": "x@p.iam.clustercred.internal",
+        "aud": "https://alloydb.googleapis.com/", "iat": now, "exp": now + 600}).to_string();
+    let attacker = p256();
+    let jku = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.jku = Some("http://127.0.0.1:9/jwks.json".into());
+        h.kid = Some("k".into());
+        let c: Value = serde_json::from_str(&claims).unwrap();
+        jsonwebtoken::encode(
+            &h,
+            &c,
+            &jsonwebtoken::EncodingKey::from_ec_der(&attacker.serialize_der()),
+        )
+        .unwrap()
+    };
+    let attacks = [
+        format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(&claims)),
+        format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"HS256","kid":"k"}"#),
+            b64(&claims)
+        ),
+        format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256","alg":"none","kid":"k"}"#),
+            b64(&claims)
+        ),
+        jku,
+    ];
+    for token in &attacks {
+        // 1. As a bearer token.
+        let resp = http()
+            .get(s.url("/alloydb/v1/projects/p/locations/l/clusters"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "bearer {token}");
+        // 2. As a token-endpoint assertion.
+        let resp = http()
+            .post(s.url("/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={token}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "assertion {token}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant");
+    }
+    s.stop().await;
+}
