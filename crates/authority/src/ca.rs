@@ -10,6 +10,28 @@ use zeroize::Zeroizing;
 use crate::keys::{ClientPublicKey, PublicKeyAlgorithm};
 use crate::{AuthorityError, random_serial};
 
+/// The signing seam of a CA. Software keys (`rcgen::KeyPair`) implement it; a PKCS#11 or KMS signer only
+/// has to implement `rcgen::SigningKey` (its public key, its algorithm, and `sign`), see docs/keys.md.
+pub trait CaSigner: rcgen::SigningKey + Send + Sync {}
+
+impl<T: rcgen::SigningKey + Send + Sync> CaSigner for T {}
+
+impl rcgen::PublicKeyData for Box<dyn CaSigner> {
+    fn der_bytes(&self) -> &[u8] {
+        self.as_ref().der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.as_ref().algorithm()
+    }
+}
+
+impl rcgen::SigningKey for Box<dyn CaSigner> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.as_ref().sign(msg)
+    }
+}
+
 /// Issued certificates start a minute in the past, so a client whose clock lags a little accepts them.
 const BACKDATE: Duration = Duration::minutes(1);
 
@@ -29,7 +51,7 @@ pub struct CaMaterial {
 pub struct ClusterCa {
     cert_pem: String,
     not_after: OffsetDateTime,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, Box<dyn CaSigner>>,
 }
 
 pub struct LeafRequest<'a> {
@@ -104,12 +126,22 @@ impl ClusterCa {
         cert_pem: &str,
         key_pkcs8_der: &[u8],
     ) -> Result<ClusterCa, AuthorityError> {
+        let key = KeyPair::try_from(key_pkcs8_der)
+            .map_err(|e| AuthorityError::BadMaterial(format!("CA key: {e}")))?;
+        ClusterCa::with_signer(cert_pem, Box::new(key))
+    }
+
+    /// A CA whose key lives elsewhere (an HSM through PKCS#11, a cloud KMS): anything that signs as
+    /// `rcgen::SigningKey` does. Checks that the signer's public key is the certificate's.
+    pub fn with_signer(
+        cert_pem: &str,
+        key: Box<dyn CaSigner>,
+    ) -> Result<ClusterCa, AuthorityError> {
         let bad = |m: &str| AuthorityError::BadMaterial(m.to_string());
-        let key = KeyPair::try_from(key_pkcs8_der).map_err(|e| bad(&format!("CA key: {e}")))?;
         let block = pem::parse(cert_pem).map_err(|_| bad("CA certificate is not PEM"))?;
         let (_, cert) = x509_parser::parse_x509_certificate(block.contents())
             .map_err(|_| bad("CA certificate does not parse"))?;
-        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
             return Err(bad("CA key does not match the CA certificate"));
         }
         let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())

@@ -8,7 +8,7 @@ mod keys;
 mod keywrap;
 mod token;
 
-pub use ca::{CaMaterial, CaParams, ClusterCa, IssuedCertificate, LeafRequest};
+pub use ca::{CaMaterial, CaParams, CaSigner, ClusterCa, IssuedCertificate, LeafRequest};
 pub use error::AuthorityError;
 pub use keys::{
     ClientPublicKey, GeneratedKeyAlgorithm, GeneratedKeyPair, KeyError, PublicKeyAlgorithm,
