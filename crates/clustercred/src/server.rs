@@ -43,17 +43,24 @@ pub struct Server {
 
 /// The REST mounts: each API under its prefix, recognised by Host too.
 pub fn mounts() -> Vec<ApiMount> {
-    let mount = |prefix: &str, package: &str| ApiMount {
+    let mount = |prefix: &str, packages: &[&str]| ApiMount {
         prefix: prefix.to_string(),
-        packages: vec![package.to_string()],
+        packages: packages.iter().map(|p| p.to_string()).collect(),
         host_markers: vec![format!("{prefix}.")],
     };
+    // The three cluster APIs each serve google.longrunning for their operations.
     vec![
-        mount("alloydb", "google.cloud.alloydb."),
-        mount("edgecontainer", "google.cloud.edgecontainer."),
-        mount("gkemulticloud", "google.cloud.gkemulticloud."),
-        mount("iam", "google.iam.admin."),
-        mount("cloudresourcemanager", "google.cloudresourcemanager."),
+        mount("alloydb", &["google.cloud.alloydb.", "google.longrunning."]),
+        mount(
+            "edgecontainer",
+            &["google.cloud.edgecontainer.", "google.longrunning."],
+        ),
+        mount(
+            "gkemulticloud",
+            &["google.cloud.gkemulticloud.", "google.longrunning."],
+        ),
+        mount("iam", &["google.iam.admin."]),
+        mount("cloudresourcemanager", &["google.cloudresourcemanager."]),
     ]
 }
 
@@ -189,9 +196,10 @@ impl Server {
 
         let pool = prost_reflect::DescriptorPool::decode(clustercred_proto::FILE_DESCRIPTOR_SET)
             .context("loading the proto descriptors")?;
-        let gateway = RestGateway::new(pool, mounts(), vec!["google.longrunning.".to_string()])
-            .context("reading the HTTP rules")?;
+        let gateway =
+            RestGateway::new(pool, mounts(), Vec::new()).context("reading the HTTP rules")?;
 
+        let openapi = gateway.openapi_document("clustercred", env!("CARGO_PKG_VERSION"));
         let jwks = clustercred_authority::jwks_document(&[signer.as_ref()]);
         let discovery = serde_json::json!({
             "issuer": issuer,
@@ -210,6 +218,7 @@ impl Server {
                 get(move || async move { Json(jwks) }),
             )
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/openapi.json", get(move || async move { Json(openapi) }))
             .route("/oauth2/token", post(token_endpoint))
             .with_state(ctx.clone());
         let app = clustercred_transport::router(

@@ -3,6 +3,7 @@
 //! share one path through authentication, validation and logging.
 
 mod errors;
+mod openapi;
 mod template;
 mod transcode;
 
