@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 const FILES: &[&str] = &[
     "google/api/annotations.proto",
+    "google/rpc/code.proto",
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",
     "google/longrunning/operations.proto",

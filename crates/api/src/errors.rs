@@ -62,7 +62,18 @@ pub fn from_store(context: &str, err: StoreError) -> Status {
 }
 
 pub fn from_authority(context: &str, err: AuthorityError) -> Status {
-    internal(context, err)
+    match err {
+        // The caller can cause these; they are not our failures.
+        AuthorityError::CaExpired(_) => with_reason(
+            Code::FailedPrecondition,
+            "CA_EXPIRED",
+            format!("the cluster CA has expired ({err}); recreate the cluster"),
+        ),
+        AuthorityError::BadLifetime | AuthorityError::LifetimeTooLong => {
+            Status::invalid_argument(format!("{context}: {err}"))
+        }
+        _ => internal(context, err),
+    }
 }
 
 pub fn from_key(field: &str, err: KeyError) -> Status {

@@ -83,6 +83,16 @@ fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     dn
 }
 
+fn backdated(now: OffsetDateTime) -> Result<OffsetDateTime, AuthorityError> {
+    now.checked_sub(BACKDATE)
+        .ok_or(AuthorityError::LifetimeTooLong)
+}
+
+/// X.509 times have whole seconds: callers are told exactly what the certificate says.
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
 fn with_newline(mut pem: String) -> String {
     if !pem.ends_with('\n') {
         pem.push('\n');
@@ -110,8 +120,11 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         cert.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        cert.not_before = now - BACKDATE;
-        cert.not_after = now + params.validity;
+        cert.not_before = backdated(now)?;
+        // `+` on OffsetDateTime panics past year 9999; the validity comes from configuration.
+        cert.not_after = now
+            .checked_add(params.validity)
+            .ok_or(AuthorityError::LifetimeTooLong)?;
         let certificate = cert.self_signed(&key).map_err(cert_error)?;
         let material = CaMaterial {
             cert_pem: with_newline(certificate.pem()),
@@ -153,6 +166,19 @@ impl ClusterCa {
             not_after,
             issuer,
         })
+    }
+
+    /// notBefore (backdated for clock skew) and notAfter of a leaf: `now + lifetime`, never past the CA's
+    /// own expiry. A lifetime too long for the calendar simply ends with the CA.
+    fn leaf_validity(
+        &self,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, OffsetDateTime), AuthorityError> {
+        let not_after = now
+            .checked_add(lifetime)
+            .map_or(self.not_after, |end| end.min(self.not_after));
+        Ok((whole_seconds(backdated(now)?), whole_seconds(not_after)))
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -203,10 +229,7 @@ impl ClusterCa {
         }
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
-        let not_before = now - BACKDATE;
-        let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
-        let not_after = (now + lifetime).min(self.not_after);
-        let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
+        let (not_before, not_after) = self.leaf_validity(lifetime, now)?;
         params.not_before = not_before;
         params.not_after = not_after;
         let spki =
@@ -243,11 +266,7 @@ impl ClusterCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
-        let not_before = now - BACKDATE;
-        let not_after = (now + req.lifetime).min(self.not_after);
-        // X.509 times have whole seconds: report exactly what the certificate says.
-        let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
-        let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
+        let (not_before, not_after) = self.leaf_validity(req.lifetime, now)?;
         params.not_before = not_before;
         params.not_after = not_after;
         let spki =

@@ -11,6 +11,8 @@ pub enum AuthorityError {
     CaExpired(time::OffsetDateTime),
     #[error("requested lifetime must be positive")]
     BadLifetime,
+    #[error("requested lifetime ends beyond the representable range of dates")]
+    LifetimeTooLong,
     #[error("token signing failed: {0}")]
     Signing(String),
 }

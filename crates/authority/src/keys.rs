@@ -135,7 +135,8 @@ impl ClientPublicKey {
                         ),
                         other => {
                             return Err(KeyError::UnsupportedAlgorithm(format!(
-                                "EC curve {other}"
+                                "ECDSA on curve {}",
+                                known_name(other)
                             )));
                         }
                     };
@@ -152,11 +153,7 @@ impl ClientPublicKey {
                     .map_err(|_| KeyError::InvalidEcPoint)?;
                 PublicKeyAlgorithm::Ed25519
             }
-            other => {
-                return Err(KeyError::UnsupportedAlgorithm(
-                    other.chars().take(64).collect(),
-                ));
-            }
+            other => return Err(KeyError::UnsupportedAlgorithm(known_name(other))),
         };
         Ok(ClientPublicKey {
             spki_der: der.to_vec(),
@@ -179,6 +176,32 @@ impl ClientPublicKey {
     pub fn to_pem(&self) -> String {
         pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der.clone()))
     }
+}
+
+/// A readable name for algorithm and curve identifiers people commonly send, for error messages; others
+/// are shown as a (bounded) dotted OID.
+fn known_name(oid: &str) -> String {
+    let name = match oid {
+        "1.2.840.10040.4.1" => "DSA",
+        "1.2.840.113549.1.1.10" => "RSASSA-PSS",
+        "1.3.101.110" => "X25519",
+        "1.3.101.111" => "X448",
+        "1.3.101.113" => "Ed448",
+        "1.3.132.0.35" => "P-521",
+        "1.3.132.0.10" => "secp256k1",
+        "1.2.840.10045.3.1.1" => "P-192",
+        "1.3.132.0.33" => "P-224",
+        "1.3.36.3.3.2.8.1.1.7" => "brainpoolP256r1",
+        "1.3.36.3.3.2.8.1.1.11" => "brainpoolP384r1",
+        "1.3.36.3.3.2.8.1.1.13" => "brainpoolP512r1",
+        _ => {
+            return format!(
+                "with identifier {}",
+                oid.chars().take(64).collect::<String>()
+            );
+        }
+    };
+    name.to_string()
 }
 
 fn strip_zeros(bytes: &[u8]) -> &[u8] {

@@ -3,6 +3,9 @@
 
 use std::collections::HashSet;
 
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ParsedPublicKey, VerificationAlgorithm,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
@@ -38,6 +41,10 @@ pub enum JwksError {
     UnsupportedKey(usize),
     #[error("JWKS key {0} is an RSA key below 2048 bits")]
     WeakRsa(usize),
+    #[error("JWKS key {0} has an RSA exponent that is not odd, at least 3 and below 2^32")]
+    BadRsaExponent(usize),
+    #[error("JWKS key {0} is not a valid point on its curve")]
+    InvalidEcPoint(usize),
     #[error("JWKS key {0} is malformed")]
     Malformed(usize),
     #[error("JWKS has two keys with the same kid")]
@@ -119,13 +126,40 @@ impl Jwks {
                     if bits > 8192 {
                         return Err(JwksError::Malformed(i));
                     }
+                    // The same exponent rule as for client keys; e = 1 would make signatures forgeable.
+                    let e = URL_SAFE_NO_PAD
+                        .decode(rsa.e.as_bytes())
+                        .map_err(|_| JwksError::Malformed(i))?;
+                    let e: &[u8] = &e[e.iter().position(|b| *b != 0).unwrap_or(e.len())..];
+                    let odd = e.last().is_some_and(|b| b & 1 == 1);
+                    let at_least_3 = e.len() > 1 || e.first().is_some_and(|b| *b >= 3);
+                    if !odd || !at_least_3 || e.len() > 4 {
+                        return Err(JwksError::BadRsaExponent(i));
+                    }
                     KeyFamily::Rsa
                 }
-                AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-                    EllipticCurve::P256 => KeyFamily::P256,
-                    EllipticCurve::P384 => KeyFamily::P384,
-                    _ => return Err(JwksError::UnsupportedKey(i)),
-                },
+                AlgorithmParameters::EllipticCurve(ec) => {
+                    let (family, size, check): (_, _, &'static dyn VerificationAlgorithm) =
+                        match ec.curve {
+                            EllipticCurve::P256 => (KeyFamily::P256, 32, &ECDSA_P256_SHA256_FIXED),
+                            EllipticCurve::P384 => (KeyFamily::P384, 48, &ECDSA_P384_SHA384_FIXED),
+                            _ => return Err(JwksError::UnsupportedKey(i)),
+                        };
+                    // Coordinates are fixed-size (RFC 7518 6.2.1.2); the point must lie on the curve, so a
+                    // bad key is reported when the set is registered, not on every token.
+                    let x = URL_SAFE_NO_PAD
+                        .decode(ec.x.as_bytes())
+                        .map_err(|_| JwksError::Malformed(i))?;
+                    let y = URL_SAFE_NO_PAD
+                        .decode(ec.y.as_bytes())
+                        .map_err(|_| JwksError::Malformed(i))?;
+                    if x.len() != size || y.len() != size {
+                        return Err(JwksError::Malformed(i));
+                    }
+                    let point = [&[0x04][..], &x, &y].concat();
+                    ParsedPublicKey::new(check, point).map_err(|_| JwksError::InvalidEcPoint(i))?;
+                    family
+                }
                 _ => return Err(JwksError::UnsupportedKey(i)),
             };
             let key = DecodingKey::from_jwk(&jwk).map_err(|_| JwksError::Malformed(i))?;
@@ -635,7 +669,9 @@ impl TokenSigner {
             return Err(AuthorityError::BadLifetime);
         }
         let token_id = hex::encode(rand::random::<[u8; 16]>());
-        let expires_at = now + req.lifetime;
+        let expires_at = now
+            .checked_add(req.lifetime)
+            .ok_or(AuthorityError::LifetimeTooLong)?;
         let mut claims = req.extra.clone();
         let standard = [
             ("iss", Value::from(req.issuer)),

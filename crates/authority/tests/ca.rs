@@ -199,3 +199,171 @@ fn stored_material_round_trips_and_mismatches_are_refused() {
     assert!(ClusterCa::from_material("not pem", &material.key_pkcs8_der).is_err());
     assert!(ClusterCa::from_material(&material.cert_pem, b"not a key").is_err());
 }
+
+fn fixture_der(name: &str) -> Vec<u8> {
+    der(&std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap())
+}
+
+fn issue(ca: &ClusterCa, public: &ClientPublicKey, org: Option<&str>) -> Vec<u8> {
+    let leaf = ca
+        .issue_client_certificate(
+            &LeafRequest {
+                public_key: public,
+                subject_common_name: "db-user",
+                subject_organization: org,
+                lifetime: Duration::hours(1),
+            },
+            NOW,
+        )
+        .unwrap();
+    der(&leaf.cert_pem)
+}
+
+#[test]
+fn leaves_are_v3_ecdsa_sha256_and_name_their_ca_key() {
+    let (ca, material) = ca(Duration::days(365));
+    let ca_der = der(&material.cert_pem);
+    let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+    let (_, public) = client_key();
+    let leaf_der = issue(&ca, &public, Some("Example Org"));
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    assert_eq!(cert.version(), X509Version::V3);
+    assert_eq!(
+        cert.signature_algorithm.algorithm,
+        x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
+    );
+    let ski = ca_cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        })
+        .expect("CA SKI");
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("leaf AKI");
+    assert_eq!(aki, ski, "authority key id is the CA's subject key id");
+    let org: Vec<&str> = cert
+        .subject()
+        .iter_organization()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert_eq!(org, ["Example Org"]);
+    let leaf_der = issue(&ca, &public, None);
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    assert_eq!(cert.subject().iter_organization().count(), 0);
+}
+
+#[test]
+fn leaves_embed_pkcs1_and_ed25519_keys_as_spki() {
+    let (ca, material) = ca(Duration::days(365));
+    let ca_der = der(&material.cert_pem);
+    let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+    let pkcs1 = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/rsa2048.pkcs1.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let rsa = ClientPublicKey::from_pem(&pkcs1).unwrap();
+    let leaf_der = issue(&ca, &rsa, None);
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        fixture_der("rsa2048.spki.pem").as_slice(),
+        "PKCS#1 input becomes the SubjectPublicKeyInfo OpenSSL derives from it"
+    );
+
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_public = ClientPublicKey::from_pem(&ed.public_key_pem()).unwrap();
+    let leaf_der = issue(&ca, &ed_public, None);
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+    assert_eq!(cert.public_key().raw, ed_public.spki_der());
+    assert!(!cert.key_usage().unwrap().unwrap().value.key_encipherment());
+}
+
+#[test]
+fn times_follow_the_clock_in_whole_seconds_and_never_overflow() {
+    let (ca, _) = ca(Duration::days(30));
+    let (_, public) = client_key();
+    // A clock reading with a fraction of a second: reported times are what the certificate holds.
+    let now = NOW + Duration::days(2) + Duration::milliseconds(750);
+    let leaf = ca
+        .issue_client_certificate(
+            &LeafRequest {
+                public_key: &public,
+                subject_common_name: "x",
+                subject_organization: None,
+                lifetime: Duration::hours(2),
+            },
+            now,
+        )
+        .unwrap();
+    let leaf_der = der(&leaf.cert_pem);
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    assert_eq!(
+        cert.validity().not_before.timestamp(),
+        leaf.not_before.unix_timestamp()
+    );
+    assert_eq!(
+        cert.validity().not_after.timestamp(),
+        leaf.not_after.unix_timestamp()
+    );
+    assert_eq!(
+        leaf.not_before,
+        NOW + Duration::days(2) - Duration::minutes(1)
+    );
+    assert_eq!(leaf.not_after, NOW + Duration::days(2) + Duration::hours(2));
+
+    // An absurd lifetime ends with the CA instead of panicking on date overflow.
+    let long = ca
+        .issue_client_certificate(
+            &LeafRequest {
+                public_key: &public,
+                subject_common_name: "x",
+                subject_organization: None,
+                lifetime: Duration::MAX,
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(long.not_after, ca.not_after());
+    assert!(matches!(
+        ca.issue_client_certificate(
+            &LeafRequest {
+                public_key: &public,
+                subject_common_name: "x",
+                subject_organization: None,
+                lifetime: Duration::seconds(-1),
+            },
+            NOW,
+        ),
+        Err(AuthorityError::BadLifetime)
+    ));
+    let params = |validity| CaParams {
+        common_name: "c".into(),
+        organization: None,
+        validity,
+    };
+    assert!(matches!(
+        ClusterCa::generate(&params(Duration::MAX), NOW),
+        Err(AuthorityError::LifetimeTooLong)
+    ));
+    assert!(matches!(
+        ClusterCa::generate(&params(Duration::ZERO), NOW),
+        Err(AuthorityError::BadLifetime)
+    ));
+}

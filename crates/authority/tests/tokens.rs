@@ -589,3 +589,162 @@ fn jwt_attack_catalogue() {
     // And the genuine token still passes, so the refusals are about the attacks.
     verify_service_account_token(&good, &set, &policy(), NOW).unwrap();
 }
+
+#[test]
+fn every_allowed_family_verifies_and_jwk_alg_pins_the_algorithm() {
+    let k = keys();
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let point = p384.public_key_raw();
+    let p384_jwk = json!({"kty": "EC", "crv": "P-384", "kid": "p384",
+        "x": B64.encode(&point[1..49]), "y": B64.encode(&point[49..97])});
+    let mut rsa_any = rsa_jwk(&k.rsa, "rsa-any");
+    rsa_any.as_object_mut().unwrap().remove("alg");
+    let set = jwks(&[
+        ec_jwk(&k.ec, "ec"),
+        rsa_jwk(&k.rsa, "rsa"),
+        rsa_any,
+        p384_jwk,
+    ]);
+    let es384 = {
+        let mut h = Header::new(Algorithm::ES384);
+        h.kid = Some("p384".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims(),
+            &EncodingKey::from_ec_der(&p384.serialize_der()),
+        )
+        .unwrap()
+    };
+    verify_service_account_token(&es384, &set, &policy(), NOW).expect("ES384");
+    for alg in [
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
+        verify_service_account_token(
+            &sign(alg, &k.rsa, Some("rsa-any"), &claims()),
+            &set,
+            &policy(),
+            NOW,
+        )
+        .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        // The same key published with "alg": "RS256" is not used for anything else.
+        assert_eq!(
+            verify_service_account_token(
+                &sign(alg, &k.rsa, Some("rsa"), &claims()),
+                &set,
+                &policy(),
+                NOW
+            ),
+            Err(TokenError::NoMatchingKey),
+            "{alg:?}"
+        );
+    }
+    // Without a kid, two RSA keys fit RS256: ambiguous, refused rather than guessed.
+    assert_eq!(
+        verify_service_account_token(
+            &sign(Algorithm::RS256, &k.rsa, None, &claims()),
+            &set,
+            &policy(),
+            NOW
+        ),
+        Err(TokenError::NoMatchingKey)
+    );
+    // `aud` may be a single string.
+    let v = verify_service_account_token(
+        &sign(
+            Algorithm::ES256,
+            &k.ec,
+            Some("ec"),
+            &with(claims(), "aud", json!(AUD)),
+        ),
+        &set,
+        &policy(),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(v.audiences, [AUD]);
+    // No exp at all is malformed, not "expired".
+    let mut no_exp = claims();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        verify_service_account_token(
+            &sign(Algorithm::ES256, &k.ec, Some("ec"), &no_exp),
+            &set,
+            &policy(),
+            NOW
+        ),
+        Err(TokenError::Malformed("exp claim is required"))
+    );
+}
+
+#[test]
+fn jwks_keys_are_checked_when_registered() {
+    let k = keys();
+    let parse = |v: Value| Jwks::parse(&serde_json::to_vec(&json!({ "keys": [v] })).unwrap());
+    for e in ["AQ", "Ag", "AQAAAAE", ""] {
+        let mut key = rsa_jwk(&k.rsa, "r");
+        key["e"] = json!(e);
+        assert_eq!(
+            parse(key).err(),
+            Some(JwksError::BadRsaExponent(0)),
+            "e={e}"
+        );
+    }
+    let mut key = rsa_jwk(&k.rsa, "r");
+    key["e"] = json!("Aw");
+    assert!(parse(key).is_ok(), "e = 3");
+
+    let good = ec_jwk(&k.ec, "e");
+    let mut off_curve = good.clone();
+    let mut y = B64.decode(good["y"].as_str().unwrap()).unwrap();
+    y[31] ^= 1;
+    off_curve["y"] = json!(B64.encode(&y));
+    assert_eq!(parse(off_curve).err(), Some(JwksError::InvalidEcPoint(0)));
+    let mut short = good.clone();
+    short["x"] = json!(B64.encode([7u8; 31]));
+    assert_eq!(parse(short).err(), Some(JwksError::Malformed(0)));
+    let mut wrong_curve = good.clone();
+    wrong_curve["crv"] = json!("P-384");
+    assert_eq!(parse(wrong_curve).err(), Some(JwksError::Malformed(0)));
+    let mut zero = good;
+    zero["x"] = json!(B64.encode([0u8; 32]));
+    zero["y"] = json!(B64.encode([0u8; 32]));
+    assert_eq!(parse(zero).err(), Some(JwksError::InvalidEcPoint(0)));
+}
+
+#[test]
+fn minting_refuses_lifetimes_it_cannot_represent() {
+    let (signer, _) = TokenSigner::generate().unwrap();
+    let req = |lifetime| MintRequest {
+        issuer: "https://cc.example",
+        subject: "s",
+        audience: AUD,
+        scope: None,
+        lifetime,
+        extra: serde_json::Map::from_iter([("iss".to_string(), json!("https://evil"))]),
+    };
+    assert!(matches!(
+        signer.mint(&req(Duration::MAX), NOW),
+        Err(clustercred_authority::AuthorityError::LifetimeTooLong)
+    ));
+    assert!(matches!(
+        signer.mint(&req(Duration::ZERO), NOW),
+        Err(clustercred_authority::AuthorityError::BadLifetime)
+    ));
+    // Extra claims never override the standard ones.
+    let minted = signer.mint(&req(Duration::minutes(5)), NOW).unwrap();
+    let claims = signer
+        .verify(&minted.token, "https://cc.example", AUD, NOW)
+        .unwrap();
+    assert_eq!(claims["iss"], json!("https://cc.example"));
+    let header: Value =
+        serde_json::from_slice(&B64.decode(minted.token.split('.').next().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(
+        header,
+        json!({"alg": "ES256", "typ": "JWT", "kid": signer.kid()})
+    );
+}

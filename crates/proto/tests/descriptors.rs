@@ -198,3 +198,271 @@ fn messages_round_trip() {
     assert_eq!(beta.public_key, "PEM");
     assert!(beta.use_metadata_exchange);
 }
+
+/// (verb, path, body) of a rule, to compare whole bindings at once.
+fn binding(r: &HttpRule) -> (&'static str, String, String) {
+    let (verb, path) = match &r.pattern {
+        Some(Pattern::Get(p)) => ("GET", p.clone()),
+        Some(Pattern::Post(p)) => ("POST", p.clone()),
+        Some(Pattern::Delete(p)) => ("DELETE", p.clone()),
+        Some(Pattern::Put(p)) => ("PUT", p.clone()),
+        Some(Pattern::Patch(p)) => ("PATCH", p.clone()),
+        other => panic!("unexpected pattern {other:?}"),
+    };
+    (verb, path, r.body.clone())
+}
+
+/// Every served method carries Google's binding (google-apis.md), and no service has a method we do not list.
+#[test]
+fn every_served_method_has_googles_binding() {
+    let pool = pool();
+    let alloydb: &[(&str, &str, &str, &str)] = &[
+        (
+            "ListClusters",
+            "GET",
+            "{parent=projects/*/locations/*}/clusters",
+            "",
+        ),
+        (
+            "GetCluster",
+            "GET",
+            "{name=projects/*/locations/*/clusters/*}",
+            "",
+        ),
+        (
+            "CreateCluster",
+            "POST",
+            "{parent=projects/*/locations/*}/clusters",
+            "cluster",
+        ),
+        (
+            "DeleteCluster",
+            "DELETE",
+            "{name=projects/*/locations/*/clusters/*}",
+            "",
+        ),
+        (
+            "ListInstances",
+            "GET",
+            "{parent=projects/*/locations/*/clusters/*}/instances",
+            "",
+        ),
+        (
+            "GetInstance",
+            "GET",
+            "{name=projects/*/locations/*/clusters/*/instances/*}",
+            "",
+        ),
+        (
+            "CreateInstance",
+            "POST",
+            "{parent=projects/*/locations/*/clusters/*}/instances",
+            "instance",
+        ),
+        (
+            "DeleteInstance",
+            "DELETE",
+            "{name=projects/*/locations/*/clusters/*/instances/*}",
+            "",
+        ),
+        (
+            "GenerateClientCertificate",
+            "POST",
+            "{parent=projects/*/locations/*/clusters/*}:generateClientCertificate",
+            "*",
+        ),
+        (
+            "GetConnectionInfo",
+            "GET",
+            "{parent=projects/*/locations/*/clusters/*/instances/*}/connectionInfo",
+            "",
+        ),
+    ];
+    let edge: &[(&str, &str, &str, &str)] = &[
+        (
+            "ListClusters",
+            "GET",
+            "{parent=projects/*/locations/*}/clusters",
+            "",
+        ),
+        (
+            "GetCluster",
+            "GET",
+            "{name=projects/*/locations/*/clusters/*}",
+            "",
+        ),
+        (
+            "CreateCluster",
+            "POST",
+            "{parent=projects/*/locations/*}/clusters",
+            "cluster",
+        ),
+        (
+            "DeleteCluster",
+            "DELETE",
+            "{name=projects/*/locations/*/clusters/*}",
+            "",
+        ),
+        (
+            "GenerateOfflineCredential",
+            "GET",
+            "{cluster=projects/*/locations/*/clusters/*}:generateOfflineCredential",
+            "",
+        ),
+    ];
+    let attached: &[(&str, &str, &str, &str)] = &[
+        (
+            "CreateAttachedCluster",
+            "POST",
+            "{parent=projects/*/locations/*}/attachedClusters",
+            "attached_cluster",
+        ),
+        (
+            "GetAttachedCluster",
+            "GET",
+            "{name=projects/*/locations/*/attachedClusters/*}",
+            "",
+        ),
+        (
+            "ListAttachedClusters",
+            "GET",
+            "{parent=projects/*/locations/*}/attachedClusters",
+            "",
+        ),
+        (
+            "DeleteAttachedCluster",
+            "DELETE",
+            "{name=projects/*/locations/*/attachedClusters/*}",
+            "",
+        ),
+        (
+            "GenerateAttachedClusterAgentToken",
+            "POST",
+            "{attached_cluster=projects/*/locations/*/attachedClusters/*}:generateAttachedClusterAgentToken",
+            "*",
+        ),
+    ];
+    let services = [
+        ("google.cloud.alloydb.v1.AlloyDBAdmin", "v1", alloydb),
+        (
+            "google.cloud.alloydb.v1beta.AlloyDBAdmin",
+            "v1beta",
+            alloydb,
+        ),
+        (
+            "google.cloud.alloydb.v1alpha.AlloyDBAdmin",
+            "v1alpha",
+            alloydb,
+        ),
+        ("google.cloud.edgecontainer.v1.EdgeContainer", "v1", edge),
+        (
+            "google.cloud.gkemulticloud.v1.AttachedClusters",
+            "v1",
+            attached,
+        ),
+    ];
+    for (service, version, methods) in services {
+        let served: Vec<String> = pool
+            .get_service_by_name(service)
+            .expect(service)
+            .methods()
+            .map(|m| m.name().to_string())
+            .collect();
+        assert_eq!(served.len(), methods.len(), "{service}: {served:?}");
+        for (method, verb, path, body) in methods {
+            let r = rule(&pool, service, method);
+            assert_eq!(
+                binding(&r),
+                (*verb, format!("/{version}/{path}"), body.to_string()),
+                "{service}.{method}"
+            );
+            assert!(r.additional_bindings.is_empty(), "{service}.{method}");
+        }
+    }
+
+    // Operations: one rule per method, /v1 primary and the /v1beta, /v1alpha forms as additional bindings.
+    let operations = [
+        (
+            "ListOperations",
+            "GET",
+            "{name=projects/*/locations/*}/operations",
+            "",
+        ),
+        (
+            "GetOperation",
+            "GET",
+            "{name=projects/*/locations/*/operations/*}",
+            "",
+        ),
+        (
+            "DeleteOperation",
+            "DELETE",
+            "{name=projects/*/locations/*/operations/*}",
+            "",
+        ),
+        (
+            "CancelOperation",
+            "POST",
+            "{name=projects/*/locations/*/operations/*}:cancel",
+            "*",
+        ),
+    ];
+    for (method, verb, path, body) in operations {
+        let r = rule(&pool, "google.longrunning.Operations", method);
+        let all: Vec<_> = std::iter::once(binding(&r))
+            .chain(r.additional_bindings.iter().map(binding))
+            .collect();
+        let want: Vec<_> = ["v1", "v1beta", "v1alpha"]
+            .iter()
+            .map(|v| (verb, format!("/{v}/{path}"), body.to_string()))
+            .collect();
+        assert_eq!(all, want, "{method}");
+    }
+}
+
+/// REST renders google.rpc.Status details and code names from the pool, so they must all be in it.
+#[test]
+fn error_model_is_in_the_pool() {
+    let pool = pool();
+    for name in [
+        "Status",
+        "ErrorInfo",
+        "RetryInfo",
+        "DebugInfo",
+        "QuotaFailure",
+        "PreconditionFailure",
+        "BadRequest",
+        "BadRequest.FieldViolation",
+        "RequestInfo",
+        "ResourceInfo",
+        "Help",
+        "LocalizedMessage",
+    ] {
+        assert!(
+            pool.get_message_by_name(&format!("google.rpc.{name}"))
+                .is_some(),
+            "google.rpc.{name}"
+        );
+    }
+    let code = pool
+        .get_enum_by_name("google.rpc.Code")
+        .expect("google.rpc.Code");
+    for (name, number) in [
+        ("OK", 0),
+        ("NOT_FOUND", 5),
+        ("RESOURCE_EXHAUSTED", 8),
+        ("UNAUTHENTICATED", 16),
+    ] {
+        assert_eq!(
+            code.get_value_by_name(name).map(|v| v.number()),
+            Some(number),
+            "{name}"
+        );
+    }
+    assert_eq!(code.values().count(), 17);
+    // The generated Rust enum agrees with tonic's numbering, which the transport maps codes through.
+    assert_eq!(
+        clustercred_proto::google::rpc::Code::Unauthenticated as i32,
+        tonic::Code::Unauthenticated as i32
+    );
+}
