@@ -231,7 +231,9 @@ async fn bad_requests_get_specific_google_errors() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(resp.status().as_u16(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 413);
     s.stop().await;
 }
 

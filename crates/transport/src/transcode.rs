@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tower::ServiceExt;
 
-use crate::errors::{invalid_field, json_response, status_to_http};
+use crate::errors::{error_body, invalid_field, json_response, status_to_http};
 use crate::template::{Bindings, RequestPath, Template, TemplateError};
 
 /// Metadata naming the gRPC method a request is for, set by the transport (never taken from clients).
@@ -281,26 +281,19 @@ impl RestGateway {
             .map(|m| (m, path))
     }
 
-    async fn try_handle<S>(&self, grpc: S, req: Request<Body>) -> Result<Response<Body>, Status>
-    where
-        S: tower::Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>
-            + Send
-            + 'static,
-        S::Error: std::fmt::Display,
-        S::Future: Send,
-    {
-        let (parts, body) = req.into_parts();
-        let path = parts.uri.path();
-        let not_found = || {
-            Status::not_found(format!(
-                "{} {} is not a method of this server",
-                parts.method, path
-            ))
-        };
-        let (mount, rest) = self.mount_for(path, &parts.headers).ok_or_else(not_found)?;
+    /// The route and path bindings of a request, or NOT_FOUND.
+    fn route_for(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(&Route, Bindings), Status> {
+        let not_found =
+            || Status::not_found(format!("{method} {path} is not a method of this server"));
+        let (mount, rest) = self.mount_for(path, headers).ok_or_else(not_found)?;
         let request_path = RequestPath::parse(rest).ok_or_else(not_found)?;
         let mut best: Option<(&Route, Bindings)> = None;
-        for route in mount.routes.iter().filter(|r| r.method == parts.method) {
+        for route in mount.routes.iter().filter(|r| r.method == *method) {
             if let Some(bindings) = route.template.matches(&request_path)
                 && best
                     .as_ref()
@@ -309,22 +302,78 @@ impl RestGateway {
                 best = Some((route, bindings));
             }
         }
-        let (route, bindings) = best.ok_or_else(not_found)?;
+        best.ok_or_else(not_found)
+    }
 
+    /// Transcodes a request without calling anything: the gRPC method path and the encoded request message.
+    /// What `handle` does before dispatch, exposed for fuzzing and tests.
+    pub fn transcode(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(String, Vec<u8>), Status> {
+        let (route, bindings) = self.route_for(method, uri.path(), headers)?;
+        let params = QueryParams::parse(uri.query().unwrap_or(""))?;
+        if body.len() > self.inner.body_limit {
+            return Err(Status::invalid_argument("request body too large"));
+        }
+        let message = build_request(route, &bindings, &params, body)?;
+        let path = format!(
+            "/{}/{}",
+            route.rpc.parent_service().full_name(),
+            route.rpc.name()
+        );
+        Ok((path, message.encode_to_vec()))
+    }
+
+    async fn try_handle<S>(&self, grpc: S, req: Request<Body>) -> Result<Response<Body>, Status>
+    where
+        S: tower::Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>
+            + Send
+            + 'static,
+        S::Error: std::fmt::Display,
+        S::Future: Send,
+    {
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 names the host in `:authority` (the URI), not in a Host header.
+        if !parts.headers.contains_key(http::header::HOST)
+            && let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(http::header::HOST, host);
+        }
+        let (route, bindings) = self.route_for(&parts.method, parts.uri.path(), &parts.headers)?;
         let query = parts.uri.query().unwrap_or("");
         let params = QueryParams::parse(query)?;
-        let body_bytes = axum::body::to_bytes(body, self.inner.body_limit)
-            .await
-            .map_err(|_| {
-                Status::with_error_details(
+        let limit = self.inner.body_limit;
+        let body_bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if !too_large {
+                    return Err(Status::invalid_argument(format!(
+                        "the request body could not be read: {e}"
+                    )));
+                }
+                // 413 in Google's error shape (the code table has no gRPC code that maps to 413).
+                let status = Status::with_error_details(
                     Code::InvalidArgument,
-                    format!(
-                        "request body is larger than {} bytes or could not be read",
-                        self.inner.body_limit
+                    format!("Request payload size exceeds the limit: {limit} bytes."),
+                    tonic_types::ErrorDetails::with_bad_request_violation(
+                        "body",
+                        format!("larger than {limit} bytes"),
                     ),
-                    tonic_types::ErrorDetails::with_bad_request_violation("body", "too large"),
-                )
-            })?;
+                );
+                let mut body = error_body(&status, &self.inner.pool);
+                body["error"]["code"] = StatusCode::PAYLOAD_TOO_LARGE.as_u16().into();
+                return Ok(json_response(StatusCode::PAYLOAD_TOO_LARGE, &body));
+            }
+        };
         let message = build_request(route, &bindings, &params, &body_bytes)?;
 
         let response = call(grpc, route, &parts, message).await?;
@@ -511,11 +560,17 @@ fn bind(message: &mut DynamicMessage, path: &[String], raw: &str) -> Result<(), 
     Ok(())
 }
 
-/// The field named in a serde error message (prost-reflect quotes it), for the BadRequest detail.
+/// The unknown field named in a deserializer error, for the BadRequest detail. Only unknown-field errors are
+/// read: the others quote the offending value (`integer `5``, `enum value 'X'`), which is no field name.
 fn field_in_error(message: &str) -> Option<String> {
-    let start = message.find(['\'', '`', '"'])?;
-    let quote = message[start..].chars().next()?;
-    let rest = &message[start + 1..];
+    let rest = message
+        .strip_prefix("unrecognized field name ")
+        .or_else(|| message.strip_prefix("unknown field "))?;
+    let quote = rest
+        .chars()
+        .next()
+        .filter(|c| ['\'', '`', '"'].contains(c))?;
+    let rest = &rest[quote.len_utf8()..];
     let end = rest.find(quote)?;
     Some(rest[..end].to_string())
 }
@@ -658,20 +713,29 @@ where
         .await
         .map_err(|e| Status::internal(format!("in-process call failed: {e}")))?;
     let (head, body) = response.into_parts();
-    if let Some(status) = Status::from_header_map(&head.headers)
+    let header_status = Status::from_header_map(&head.headers);
+    if let Some(status) = &header_status
         && status.code() != Code::Ok
     {
-        return Err(status);
+        return Err(status.clone());
     }
     let collected = body
         .collect()
         .await
         .map_err(|e| Status::internal(format!("reading the reply: {e}")))?;
-    if let Some(trailers) = collected.trailers()
-        && let Some(status) = Status::from_header_map(trailers)
-        && status.code() != Code::Ok
+    // A reply must say how the call ended; without a status it is our bug, not the client's.
+    match collected
+        .trailers()
+        .and_then(Status::from_header_map)
+        .or(header_status)
     {
-        return Err(status);
+        Some(status) if status.code() != Code::Ok => return Err(status),
+        Some(_) => {}
+        None => {
+            return Err(Status::internal(
+                "the service's reply carries no grpc-status",
+            ));
+        }
     }
     let mut data = collected.to_bytes();
     if data.len() < 5 || data[0] != 0 {
