@@ -57,7 +57,7 @@ def test_agent_token_response_uses_documented_snake_case(server):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     import base64
     body = {"oidcConfig": {"issuerUrl": g.ISSUER, "jwks": base64.b64encode(g.jwks(key)).decode()},
-            "platformVersion": "1.30.0-gke.1", "distribution": "generic"}
+            "platformVersion": "1.30.0-gke.1", "distribution": "generic", "fleet": {"project": f"projects/{g.PROJECT}"}}
     r = call(server, "POST", f"/gkemulticloud/v1/{PARENT}/attachedClusters?attachedClusterId=snake", json=body)
     assert r.status_code == 200, r.text
     r = call(server, "POST", f"/gkemulticloud/v1/{PARENT}/attachedClusters/snake:generateAttachedClusterAgentToken",

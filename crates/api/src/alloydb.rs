@@ -125,7 +125,9 @@ impl AlloyDb {
                 ..op
             });
         }
-        let (ca, _) = self.ctx.new_ca(&name, "AlloyDB")?;
+        let (ca, _) = self
+            .ctx
+            .new_ca(&clustercred_store::ca_owner(CLUSTER_KIND, &name), "AlloyDB")?;
         let record = ResourceRecord {
             kind: CLUSTER_KIND.into(),
             name: name.clone(),
@@ -488,7 +490,7 @@ impl AlloyDb {
         self.load_cluster(&cluster_name).await?;
         let ca = self
             .ctx
-            .ca(&cluster_s)
+            .ca(&clustercred_store::ca_owner(CLUSTER_KIND, &cluster_s))
             .await?
             .ok_or_else(|| not_found("cluster", &cluster_s))?;
 

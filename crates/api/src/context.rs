@@ -376,7 +376,8 @@ impl Ctx {
     /// characters, within X.520's 64), O = "clustercred <api> cluster CA".
     pub fn new_ca(&self, owner: &str, api: &str) -> Result<(CaRecord, String), Status> {
         let now = self.now();
-        let id = owner.rsplit('/').next().unwrap_or(owner);
+        // The CN is the resource id: the last segment of `kind:projects/.../clusters/ID`.
+        let id = owner.rsplit(['/', ':']).next().unwrap_or(owner);
         let (_, material) = ClusterCa::generate(
             &CaParams {
                 common_name: id.to_string(),
@@ -583,7 +584,7 @@ impl Ctx {
                 if let Some(event) = audit {
                     log_event(event);
                 }
-                self.forget_ca(&record.name);
+                self.forget_ca(&clustercred_store::ca_owner(&record.kind, &record.name));
                 Ok(())
             }
             Err(clustercred_store::StoreError::AlreadyExists) => {
@@ -610,7 +611,7 @@ impl Ctx {
                 if let Some(event) = audit {
                     log_event(event);
                 }
-                self.forget_ca(name);
+                self.forget_ca(&clustercred_store::ca_owner(kind, name));
                 Ok(())
             }
             Err(clustercred_store::StoreError::NotFound) => {

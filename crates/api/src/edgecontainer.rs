@@ -78,7 +78,10 @@ impl EdgeContainer for EdgeContainerService {
 
         let now = self.ctx.now();
         let settings = &self.ctx.settings;
-        let (ca, ca_pem) = self.ctx.new_ca(&name, "Edge Container")?;
+        let (ca, ca_pem) = self.ctx.new_ca(
+            &clustercred_store::ca_owner(CLUSTER_KIND, &name),
+            "Edge Container",
+        )?;
         cluster.name = name.clone();
         cluster.create_time = Some(timestamp(now));
         cluster.update_time = Some(timestamp(now));
@@ -202,7 +205,7 @@ impl EdgeContainer for EdgeContainerService {
         let _: pb::Cluster = self.ctx.load(CLUSTER_KIND, "cluster", &name).await?;
         let ca = self
             .ctx
-            .ca(&name)
+            .ca(&clustercred_store::ca_owner(CLUSTER_KIND, &name))
             .await?
             .ok_or_else(|| not_found("cluster", &name))?;
 

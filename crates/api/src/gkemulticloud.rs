@@ -138,6 +138,21 @@ impl AttachedClusters for AttachedClustersService {
             128,
         )?;
         require("attached_cluster.distribution", &cluster.distribution, 64)?;
+        // Google registers every attached cluster in a fleet: `fleet.project` is required.
+        let fleet_project = cluster
+            .fleet
+            .as_ref()
+            .map(|f| f.project.as_str())
+            .unwrap_or_default();
+        match fleet_project.strip_prefix("projects/") {
+            Some(p) if !p.is_empty() && !p.contains('/') && p.len() <= 100 => {}
+            _ => {
+                return Err(invalid_field(
+                    "attached_cluster.fleet.project",
+                    "is required, as projects/{project}",
+                ));
+            }
+        }
 
         let now = self.ctx.now();
         cluster.name = name.clone();

@@ -293,6 +293,7 @@ async fn agent_token_rest_names_are_snake_case() {
         Some(json!({
             "oidcConfig": {"issuerUrl": "https://issuer.test", "jwks": jwks_b64},
             "platformVersion": "1.30.0-gke.1", "distribution": "generic",
+            "fleet": {"project": "projects/test-project"},
         })),
     )
     .await;

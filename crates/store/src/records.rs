@@ -16,7 +16,13 @@ pub struct ResourceRecord {
     pub create_time_unix: i64,
 }
 
-/// A certificate authority owned by a resource. The key is PKCS#8 DER.
+/// The `owner` of the CA that belongs to a resource: kind and name together, because two APIs may use the
+/// same resource name (an AlloyDB and an Edge cluster both called `projects/p/locations/l/clusters/c`).
+pub fn ca_owner(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+/// A certificate authority owned by a resource (`owner` from [`ca_owner`]). The key is sealed PKCS#8 DER.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaRecord {
     pub owner: String,

@@ -271,9 +271,10 @@ impl Store for SqliteStore {
             .bind(&below)
             .execute(&mut *tx)
             .await?;
+        // The resource's own CA, and those of resources below it (whatever their kind).
         sqlx::query("DELETE FROM cas WHERE owner = ? OR owner LIKE ? ESCAPE '\\'")
-            .bind(name)
-            .bind(&below)
+            .bind(ca_owner(kind, name))
+            .bind(format!("%:{below}"))
             .execute(&mut *tx)
             .await?;
         if let Some(operation) = operation {

@@ -20,9 +20,10 @@ fn op(name: &str) -> OperationRecord {
     }
 }
 
-fn ca(owner: &str) -> CaRecord {
+/// The CA of resource `name` of kind `k`.
+fn ca(name: &str) -> CaRecord {
     CaRecord {
-        owner: owner.into(),
+        owner: ca_owner("k", name),
         cert_pem: "PEM".into(),
         key_der: vec![9; 8],
         not_after_unix: 1000,
@@ -69,7 +70,10 @@ async fn create_get_list_delete_with_children_and_ca() {
         s.get_resource("k", C1).await.unwrap().unwrap().data,
         C1.as_bytes()
     );
-    assert_eq!(s.get_ca(C1).await.unwrap().unwrap().key_der, vec![9; 8]);
+    assert_eq!(
+        s.get_ca(&ca_owner("k", C1)).await.unwrap().unwrap().key_der,
+        vec![9; 8]
+    );
     assert!(s.get_resource("other-kind", C1).await.unwrap().is_none());
 
     s.delete_resource("k", C1, Some(&op("o4")), None)
@@ -81,7 +85,7 @@ async fn create_get_list_delete_with_children_and_ca() {
         "children go too"
     );
     assert!(
-        s.get_ca(C1).await.unwrap().is_none(),
+        s.get_ca(&ca_owner("k", C1)).await.unwrap().is_none(),
         "the CA goes with its cluster"
     );
     assert!(s.get_operation(&op("o4").name).await.unwrap().is_some());
@@ -110,7 +114,7 @@ async fn delete_does_not_touch_names_sharing_a_prefix() {
         .await
         .unwrap();
     assert!(s.get_resource("k", &c10).await.unwrap().is_some());
-    assert!(s.get_ca(&c10).await.unwrap().is_some());
+    assert!(s.get_ca(&ca_owner("k", &c10)).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -370,5 +374,49 @@ async fn policies_compare_and_set_on_etag() {
     assert_eq!(
         s.list_audit(&AuditFilter::default()).await.unwrap().len(),
         1
+    );
+}
+
+#[tokio::test]
+async fn same_name_in_two_apis_keeps_two_cas() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    let mut alloy = ca(C1);
+    alloy.owner = ca_owner("alloydb.Cluster", C1);
+    alloy.cert_pem = "ALLOYDB".into();
+    let mut edge = ca(C1);
+    edge.owner = ca_owner("edgecontainer.Cluster", C1);
+    edge.cert_pem = "EDGE".into();
+    s.create_resource(
+        &res("alloydb.Cluster", C1, PARENT),
+        Some(&alloy),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    s.create_resource(
+        &res("edgecontainer.Cluster", C1, PARENT),
+        Some(&edge),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_ca(&alloy.owner).await.unwrap().unwrap().cert_pem,
+        "ALLOYDB"
+    );
+    assert_eq!(
+        s.get_ca(&edge.owner).await.unwrap().unwrap().cert_pem,
+        "EDGE"
+    );
+    s.delete_resource("edgecontainer.Cluster", C1, None, None)
+        .await
+        .unwrap();
+    assert!(s.get_ca(&edge.owner).await.unwrap().is_none());
+    assert_eq!(
+        s.get_ca(&alloy.owner).await.unwrap().unwrap().cert_pem,
+        "ALLOYDB",
+        "the other API's CA stays"
     );
 }
