@@ -223,27 +223,10 @@ impl Ctx {
         permission: &str,
         resource: &str,
     ) -> Result<Caller, Status> {
-        let meta = RequestMeta::of(request);
-        let principal = match self.access.authenticate(request.metadata()).await {
-            Ok(p) => p,
-            Err(status) => {
-                self.record_refusal("anonymous", &meta, permission, resource, &status)
-                    .await;
-                return Err(status);
-            }
-        };
-        if let Err(status) = self
-            .access
-            .authorize(&principal, permission, resource)
-            .await
-        {
-            self.record_refusal(&principal.member(), &meta, permission, resource, &status)
-                .await;
-            return Err(status);
-        }
-        tracing::debug!(principal = %principal.id, permission, resource, "authorized");
-        self.limits.principal(&principal.member())?;
-        Ok(Caller { principal, meta })
+        let (caller, _) = self
+            .authorize_any(request, &[permission.to_string()], resource)
+            .await?;
+        Ok(caller)
     }
 
     /// Like `authorize`, for callers that may act through any of several permissions (operations are shared
@@ -293,7 +276,11 @@ impl Ctx {
                 .await;
                 Err(status)
             }
-            _ => Ok((Caller { principal, meta }, held)),
+            _ => {
+                tracing::debug!(principal = %principal.id, resource, "authorized");
+                self.limits.principal(&principal.member())?;
+                Ok((Caller { principal, meta }, held))
+            }
         }
     }
 

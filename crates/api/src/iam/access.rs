@@ -13,14 +13,13 @@ use clustercred_authority::{
 };
 use clustercred_proto::google::iam::admin::v1::{ServiceAccount, ServiceAccountKey};
 use clustercred_store::Store;
-use prost::Message;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::{SA_KIND, project_of_email};
+use super::project_of_email;
 use crate::context::{AccessControl, Clock, Principal};
 use crate::errors::{from_store, internal, with_reason};
 
@@ -91,17 +90,9 @@ impl IamAccess {
 
     /// The service account behind `email`, if it exists and is enabled.
     async fn service_account(&self, email: &str) -> Result<ServiceAccount, Status> {
-        let project =
-            project_of_email(email).ok_or_else(|| unauthenticated("unknown service account"))?;
-        let name = format!("projects/{project}/serviceAccounts/{email}");
-        let record = self
-            .store
-            .get_resource(SA_KIND, &name)
-            .await
-            .map_err(|e| from_store("reading a service account", e))?
+        let account = super::service_accounts::stored_account(self.store.as_ref(), email)
+            .await?
             .ok_or_else(|| unauthenticated("unknown service account"))?;
-        let account = ServiceAccount::decode(record.data.as_slice())
-            .map_err(|e| internal("decoding a service account", e))?;
         if account.disabled {
             return Err(unauthenticated("the service account is disabled"));
         }

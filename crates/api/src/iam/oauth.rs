@@ -8,7 +8,7 @@ use clustercred_store::TokenRecord;
 use serde_json::{Map, Value, json};
 use tonic::Code;
 
-use super::{SA_KIND, project_of_email};
+use super::project_of_email;
 use crate::context::{Ctx, RequestMeta};
 
 pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -89,24 +89,18 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
         );
     };
     let account_name = format!("projects/{project}/serviceAccounts/{email}");
-    let account = match ctx.store.get_resource(SA_KIND, &account_name).await {
-        Ok(Some(record)) => record,
+    let account = match super::service_accounts::stored_account(ctx.store.as_ref(), &email).await {
+        Ok(Some(account)) => account,
         Ok(None) => return oauth_error(400, "invalid_grant", "Invalid JWT Signature."),
+        Err(status) if status.code() == Code::Internal => {
+            return oauth_error(
+                500,
+                "server_error",
+                "a stored service account does not decode",
+            );
+        }
         Err(_) => return oauth_error(503, "temporarily_unavailable", "the store is unavailable"),
     };
-    let account =
-        match <clustercred_proto::google::iam::admin::v1::ServiceAccount as prost::Message>::decode(
-            account.data.as_slice(),
-        ) {
-            Ok(a) => a,
-            Err(_) => {
-                return oauth_error(
-                    500,
-                    "server_error",
-                    "a stored service account does not decode",
-                );
-            }
-        };
     if account.disabled {
         return oauth_error(400, "invalid_grant", "The service account is disabled.");
     }

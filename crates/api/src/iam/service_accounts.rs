@@ -100,6 +100,27 @@ fn validate_account_id(id: &str) -> Result<(), Status> {
     }
 }
 
+/// A service account we issued, by email; `None` when there is none (disabled ones included: callers decide).
+pub(crate) async fn stored_account(
+    store: &dyn Store,
+    email: &str,
+) -> Result<Option<pb::ServiceAccount>, Status> {
+    let Some(project) = project_of_email(email) else {
+        return Ok(None);
+    };
+    let name = format!("projects/{project}/serviceAccounts/{email}");
+    let Some(record) = store
+        .get_resource(SA_KIND, &name)
+        .await
+        .map_err(|e| from_store("reading a service account", e))?
+    else {
+        return Ok(None);
+    };
+    pb::ServiceAccount::decode(record.data.as_slice())
+        .map(Some)
+        .map_err(|e| internal("decoding a service account", e))
+}
+
 /// The keys of an account (all, or only `kid`) as a key set for verifying what the account signed.
 pub(crate) async fn key_set(
     store: &dyn Store,
