@@ -109,6 +109,23 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
+    /// What the gate knows of a request before it is decoded.
+    pub fn from_parts(
+        method: &str,
+        address: Option<std::net::SocketAddr>,
+        headers: &http::HeaderMap,
+    ) -> Self {
+        RequestMeta {
+            method: method.chars().take(200).collect(),
+            client_address: address.map(|a| a.to_string()).unwrap_or_default(),
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(256).collect())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         // Set by the transport for gRPC and transcoded REST alike.
         let method = request
@@ -136,11 +153,13 @@ impl RequestMeta {
     }
 }
 
-/// An authenticated, authorized caller.
+/// An authenticated, authorized caller, put in the request's extensions by the gate.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
     pub meta: RequestMeta,
+    /// For rules that accept any of several permissions: the indexes of those the caller holds.
+    pub held: Vec<usize>,
 }
 
 /// The access-control seam: every method authenticates the caller and checks the Google permission it
@@ -183,6 +202,7 @@ pub struct Ctx {
     /// Seals the private keys the store keeps.
     pub master: Arc<MasterKey>,
     pub limits: crate::limits::Limits,
+    refusals: crate::refusals::Refusals,
     cas: RwLock<HashMap<String, Arc<LoadedCa>>>,
 }
 
@@ -202,6 +222,7 @@ impl Ctx {
     ) -> Self {
         Ctx {
             limits: crate::limits::Limits::new(&settings.limits),
+            refusals: crate::refusals::Refusals::default(),
             store,
             clock,
             settings,
@@ -216,71 +237,45 @@ impl Ctx {
         self.clock.now()
     }
 
-    /// Authenticates the caller and checks `permission` on `resource`. Every refusal becomes an audit event.
-    pub async fn authorize<T>(
-        &self,
-        request: &tonic::Request<T>,
-        permission: &str,
-        resource: &str,
-    ) -> Result<Caller, Status> {
-        let (caller, _) = self
-            .authorize_any(request, &[permission.to_string()], resource)
-            .await?;
-        Ok(caller)
+    /// The caller the gate authenticated and authorized for this request (see `crate::gate`). A request that
+    /// did not pass the gate has none, and is refused.
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("a request reached a handler without passing the access gate");
+                Status::unauthenticated("the request was not authenticated")
+            })
     }
 
-    /// Like `authorize`, for callers that may act through any of several permissions (operations are shared
-    /// by three APIs): the indexes of the permissions held, or a refusal (audited) when none is.
-    pub async fn authorize_any<T>(
+    /// Records a refused call: counted against the caller's address, and audited through the aggregator
+    /// (repeats become one counted event per window).
+    pub async fn refused(
         &self,
-        request: &tonic::Request<T>,
-        permissions: &[String],
+        principal: &str,
+        meta: &RequestMeta,
+        permission: &str,
         resource: &str,
-    ) -> Result<(Caller, Vec<usize>), Status> {
-        let meta = RequestMeta::of(request);
-        let principal = match self.access.authenticate(request.metadata()).await {
-            Ok(p) => p,
-            Err(status) => {
-                self.record_refusal(
-                    "anonymous",
-                    &meta,
-                    &permissions.join("|"),
-                    resource,
-                    &status,
-                )
-                .await;
-                return Err(status);
-            }
+        status: &Status,
+    ) {
+        let detail = if permission.is_empty() {
+            status.message().to_string()
+        } else {
+            format!("{permission}: {}", status.message())
         };
-        let mut held = Vec::new();
-        let mut refusal = None;
-        for (i, permission) in permissions.iter().enumerate() {
-            match self
-                .access
-                .authorize(&principal, permission, resource)
-                .await
-            {
-                Ok(()) => held.push(i),
-                Err(status) => refusal = refusal.or(Some(status)),
-            }
+        let event = self.event(principal, meta, resource, status.code(), detail, "");
+        if let Some(event) = self.refusals.note(event) {
+            self.audit(&event).await;
         }
-        match refusal {
-            Some(status) if held.is_empty() => {
-                self.record_refusal(
-                    &principal.member(),
-                    &meta,
-                    &permissions.join("|"),
-                    resource,
-                    &status,
-                )
-                .await;
-                Err(status)
-            }
-            _ => {
-                tracing::debug!(principal = %principal.id, resource, "authorized");
-                self.limits.principal(&principal.member())?;
-                Ok((Caller { principal, meta }, held))
-            }
+    }
+
+    /// Writes the aggregated refusals of the window that just closed.
+    pub async fn flush_refusals(&self) {
+        let now = i64::try_from(self.now().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        for event in self.refusals.drain(now) {
+            self.audit(&event).await;
         }
     }
 
@@ -338,25 +333,6 @@ impl Ctx {
         if let Err(e) = self.store.append_audit(event).await {
             tracing::error!(error = %e, "writing an audit event failed");
         }
-    }
-
-    async fn record_refusal(
-        &self,
-        principal: &str,
-        meta: &RequestMeta,
-        permission: &str,
-        resource: &str,
-        status: &Status,
-    ) {
-        let event = self.event(
-            principal,
-            meta,
-            resource,
-            status.code(),
-            format!("{permission}: {}", status.message()),
-            "",
-        );
-        self.audit(&event).await;
     }
 
     /// A new CA for the resource `owner`, ready to persist with it. Subject: CN = the resource id (at most 63

@@ -118,10 +118,7 @@ impl AttachedClusters for AttachedClustersService {
             .clone()
             .ok_or_else(|| invalid_field("attached_cluster", "is required"))?;
         let name = format!("{location}/attachedClusters/{}", req.attached_cluster_id);
-        let caller = self
-            .ctx
-            .authorize(&request, "gkemulticloud.attachedClusters.create", &name)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
 
         let oidc = cluster
             .oidc_config
@@ -202,9 +199,7 @@ impl AttachedClusters for AttachedClustersService {
         request: Request<pb::GetAttachedClusterRequest>,
     ) -> Result<Response<pb::AttachedCluster>, Status> {
         let name = parse_resource("name", &request.get_ref().name, "attachedClusters")?.to_string();
-        self.ctx
-            .authorize(&request, "gkemulticloud.attachedClusters.get", &name)
-            .await?;
+        self.ctx.caller(&request)?;
         Ok(Response::new(self.ctx.load(KIND, LABEL, &name).await?))
     }
 
@@ -214,9 +209,7 @@ impl AttachedClusters for AttachedClustersService {
     ) -> Result<Response<pb::ListAttachedClustersResponse>, Status> {
         let req = request.get_ref();
         let parent = parse_location("parent", &req.parent)?.to_string();
-        self.ctx
-            .authorize(&request, "gkemulticloud.attachedClusters.list", &parent)
-            .await?;
+        self.ctx.caller(&request)?;
         let (attached_clusters, next_page_token) = self
             .ctx
             .list(KIND, &parent, req.page_size, &req.page_token)
@@ -234,10 +227,7 @@ impl AttachedClusters for AttachedClustersService {
         let req = request.get_ref();
         let name = parse_resource("name", &req.name, "attachedClusters")?;
         let name_s = name.to_string();
-        let caller = self
-            .ctx
-            .authorize(&request, "gkemulticloud.attachedClusters.delete", &name_s)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         let (op, op_record) =
             self.operation(&name.parent.to_string(), &name_s, "delete", empty_any());
         let existing = self
@@ -328,7 +318,32 @@ impl AttachedClusters for AttachedClustersService {
         let name_s = name.to_string();
         self.ctx.limits.cluster(&name_s)?;
         let _permit = self.ctx.limits.signing()?;
-        let cluster: pb::AttachedCluster = self.ctx.load(KIND, LABEL, &name_s).await?;
+        let policy = SubjectTokenPolicy {
+            issuer: String::new(),
+            accepted_audiences: accepted.clone(),
+            leeway: self.ctx.settings.token_leeway,
+        };
+        let cluster: pb::AttachedCluster = match self.ctx.load(KIND, LABEL, &name_s).await {
+            Ok(c) => c,
+            // An anonymous caller must not learn which clusters exist: answer as a token whose key is not
+            // among the cluster's (after the same structural checks an existing cluster's path makes).
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let err = verify_service_account_token(
+                    &req.subject_token,
+                    &Jwks::default(),
+                    &policy,
+                    self.ctx.now(),
+                )
+                .err()
+                .unwrap_or(clustercred_authority::TokenError::UnknownKeyId);
+                let status = from_token("subject_token", err);
+                self.ctx
+                    .refused("anonymous", &meta, "", &name_s, &status)
+                    .await;
+                return Err(status);
+            }
+            Err(status) => return Err(status),
+        };
         let oidc = cluster.oidc_config.unwrap_or_default();
         if oidc.jwks.is_empty() {
             return Err(Status::failed_precondition(
@@ -344,8 +359,7 @@ impl AttachedClusters for AttachedClustersService {
             &jwks,
             &SubjectTokenPolicy {
                 issuer: oidc.issuer_url.clone(),
-                accepted_audiences: accepted.clone(),
-                leeway: self.ctx.settings.token_leeway,
+                ..policy
             },
             now,
         );
@@ -353,15 +367,9 @@ impl AttachedClusters for AttachedClustersService {
             Ok(v) => v,
             Err(e) => {
                 let status = from_token("subject_token", e);
-                let event = self.ctx.event(
-                    "anonymous",
-                    &meta,
-                    &name_s,
-                    status.code(),
-                    status.message(),
-                    "",
-                );
-                self.ctx.audit(&event).await;
+                self.ctx
+                    .refused("anonymous", &meta, "", &name_s, &status)
+                    .await;
                 return Err(status);
             }
         };

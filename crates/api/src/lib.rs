@@ -7,11 +7,14 @@ pub mod common;
 pub mod context;
 pub mod edgecontainer;
 pub mod errors;
+pub mod gate;
 pub mod gkemulticloud;
 pub mod iam;
 pub mod limits;
+pub mod methods;
 pub mod names;
 pub mod operations;
+pub mod refusals;
 
 pub use context::{
     AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock,

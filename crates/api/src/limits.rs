@@ -3,10 +3,11 @@
 //! RSA key generation has its own, smaller cap so it can never take the permits signing needs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -20,17 +21,38 @@ pub struct Rate {
 
 #[derive(Clone, Debug)]
 pub struct LimitSettings {
+    /// Every request from one client address (IPv6: its /64), checked before any authentication work.
+    pub per_address: Rate,
+    /// Refused calls (failed authentication, denied permission, rejected subject tokens) from one address:
+    /// once spent, the address gets RESOURCE_EXHAUSTED before any further authentication work.
+    pub failures_per_address: Rate,
+    /// Calls without any credential, from all addresses together.
+    pub anonymous: Rate,
     pub per_principal: Rate,
     pub per_cluster: Rate,
     /// Signing operations in flight at once.
     pub max_concurrent_signing: usize,
     /// RSA key generations in flight at once.
     pub max_concurrent_rsa_keygen: usize,
+    /// How long repeated refusals are counted before their aggregated audit event is written.
+    pub refusal_window: Duration,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
+            per_address: Rate {
+                per_second: 1000.0,
+                burst: 2000.0,
+            },
+            failures_per_address: Rate {
+                per_second: 10.0,
+                burst: 100.0,
+            },
+            anonymous: Rate {
+                per_second: 100.0,
+                burst: 200.0,
+            },
             per_principal: Rate {
                 per_second: 100.0,
                 burst: 200.0,
@@ -41,6 +63,7 @@ impl Default for LimitSettings {
             },
             max_concurrent_signing: 64,
             max_concurrent_rsa_keygen: 2,
+            refusal_window: Duration::from_secs(10),
         }
     }
 }
@@ -69,7 +92,20 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// Whether `key` has a token left, without taking it.
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        self.take_at(key, Instant::now(), 0.0)
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        self.take_at(key, now, 1.0)
+    }
+
+    /// Refills `key`'s bucket and takes `cost` tokens if at least one is there. A rate of 0 means no limit.
+    fn take_at(&self, key: &str, now: Instant, cost: f64) -> Result<(), Duration> {
+        if self.rate.per_second <= 0.0 {
+            return Ok(());
+        }
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
@@ -87,7 +123,7 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + refill).min(self.rate.burst);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            bucket.tokens -= cost;
             Ok(())
         } else {
             Err(Duration::from_secs_f64(
@@ -111,20 +147,61 @@ pub fn exhausted(what: &str, retry_after: Option<Duration>) -> Status {
 
 /// Everything the adapters consult before expensive work.
 pub struct Limits {
+    addresses: RateLimiter,
+    failures: RateLimiter,
+    anonymous: RateLimiter,
     principals: RateLimiter,
     clusters: RateLimiter,
     signing: Semaphore,
-    rsa_keygen: Semaphore,
+    rsa_keygen: Arc<Semaphore>,
 }
 
 impl Limits {
     pub fn new(settings: &LimitSettings) -> Self {
         Limits {
+            addresses: RateLimiter::new(settings.per_address),
+            failures: RateLimiter::new(settings.failures_per_address),
+            anonymous: RateLimiter::new(settings.anonymous),
             principals: RateLimiter::new(settings.per_principal),
             clusters: RateLimiter::new(settings.per_cluster),
             signing: Semaphore::new(settings.max_concurrent_signing.max(1)),
-            rsa_keygen: Semaphore::new(settings.max_concurrent_rsa_keygen.max(1)),
+            rsa_keygen: Arc::new(Semaphore::new(settings.max_concurrent_rsa_keygen.max(1))),
         }
+    }
+
+    /// One request from `ip`.
+    pub fn address(&self, ip: IpAddr) -> Result<(), Status> {
+        let key = crate::gate::limit_key(ip).to_string();
+        self.addresses.check(&key).map_err(|d| {
+            exhausted(
+                &format!("too many requests from {key}; retry later"),
+                Some(d),
+            )
+        })
+    }
+
+    /// Refused at once when `ip` has used up its refusals.
+    pub fn failing(&self, ip: IpAddr) -> Result<(), Status> {
+        let key = crate::gate::limit_key(ip).to_string();
+        self.failures.peek(&key).map_err(|d| {
+            exhausted(
+                &format!("too many refused requests from {key}; retry later"),
+                Some(d),
+            )
+        })
+    }
+
+    /// Counts a refused call against `ip`.
+    pub fn note_failure(&self, ip: IpAddr) {
+        let key = crate::gate::limit_key(ip).to_string();
+        let _ = self.failures.check(&key);
+    }
+
+    /// One call that carries no credential at all.
+    pub fn anonymous(&self) -> Result<(), Status> {
+        self.anonymous
+            .check("")
+            .map_err(|d| exhausted("too many unauthenticated requests; retry later", Some(d)))
     }
 
     pub fn principal(&self, member: &str) -> Result<(), Status> {
@@ -155,8 +232,10 @@ impl Limits {
         })
     }
 
-    pub fn rsa_keygen(&self) -> Result<SemaphorePermit<'_>, Status> {
-        self.rsa_keygen.try_acquire().map_err(|_| {
+    /// An owned permit: it moves into the generation task, so a client that goes away does not free the slot
+    /// while the generation still runs.
+    pub fn rsa_keygen(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.rsa_keygen.clone().try_acquire_owned().map_err(|_| {
             exhausted(
                 "the server is busy generating RSA keys; retry shortly",
                 Some(Duration::from_secs(1)),

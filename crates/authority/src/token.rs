@@ -65,7 +65,8 @@ struct JwksKey {
     key: DecodingKey,
 }
 
-/// A validated set of public keys of an OIDC issuer.
+/// A validated set of public keys of an OIDC issuer (the default is the empty set, which verifies nothing).
+#[derive(Default)]
 pub struct Jwks {
     keys: Vec<JwksKey>,
 }

@@ -350,6 +350,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                     method: "cli/create-service-account".into(),
                     ..Default::default()
                 },
+                held: Vec::new(),
             };
             let service = IamService::new(ctx);
             let account = service

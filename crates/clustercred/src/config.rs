@@ -108,6 +108,34 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_OIDC_MIN_REFETCH", default_value_t = 30)]
     pub oidc_min_refetch_secs: u64,
 
+    /// Requests per second from one client address (IPv6: its /64), checked before authentication, and the
+    /// burst above it; 0 turns the limit off (behind a load balancer that hides client addresses).
+    #[arg(long, env = "CLUSTERCRED_RATE_PER_ADDRESS", default_value_t = 1000.0)]
+    pub rate_per_address: f64,
+    #[arg(long, env = "CLUSTERCRED_BURST_PER_ADDRESS", default_value_t = 2000.0)]
+    pub burst_per_address: f64,
+
+    /// Refused calls per second one address may make (and the burst) before it is refused without any
+    /// authentication work.
+    #[arg(long, env = "CLUSTERCRED_FAILURES_PER_ADDRESS", default_value_t = 10.0)]
+    pub failures_per_address: f64,
+    #[arg(
+        long,
+        env = "CLUSTERCRED_FAILURE_BURST_PER_ADDRESS",
+        default_value_t = 100.0
+    )]
+    pub failure_burst_per_address: f64,
+
+    /// Calls without any credential per second, all addresses together (and the burst).
+    #[arg(long, env = "CLUSTERCRED_ANONYMOUS_RATE", default_value_t = 100.0)]
+    pub anonymous_rate: f64,
+    #[arg(long, env = "CLUSTERCRED_ANONYMOUS_BURST", default_value_t = 200.0)]
+    pub anonymous_burst: f64,
+
+    /// Seconds over which repeated refusals are counted into one audit event.
+    #[arg(long, env = "CLUSTERCRED_AUDIT_AGGREGATE_SECS", default_value_t = 10)]
+    pub audit_aggregate_secs: u64,
+
     /// Sustained calls per second allowed to one principal (and the burst above it).
     #[arg(long, env = "CLUSTERCRED_RATE_PER_PRINCIPAL", default_value_t = 100.0)]
     pub rate_per_principal: f64,
@@ -163,6 +191,13 @@ impl ServeConfig {
             edge_port: 6443,
             trusted_issuers: None,
             oidc_min_refetch_secs: 30,
+            rate_per_address: 1000.0,
+            burst_per_address: 2000.0,
+            failures_per_address: 10.0,
+            failure_burst_per_address: 100.0,
+            anonymous_rate: 100.0,
+            anonymous_burst: 200.0,
+            audit_aggregate_secs: 10,
             rate_per_principal: 100.0,
             burst_per_principal: 200.0,
             rate_per_cluster: 500.0,
@@ -209,6 +244,20 @@ impl ServeConfig {
             edge_default_endpoint: self.edge_endpoint.clone(),
             edge_default_port: i32::from(self.edge_port),
             limits: clustercred_api::limits::LimitSettings {
+                // A rate of 0 turns the per-address limits off.
+                per_address: clustercred_api::limits::Rate {
+                    per_second: self.rate_per_address.max(0.0),
+                    burst: self.burst_per_address.max(1.0),
+                },
+                failures_per_address: clustercred_api::limits::Rate {
+                    per_second: self.failures_per_address.max(0.0),
+                    burst: self.failure_burst_per_address.max(1.0),
+                },
+                anonymous: clustercred_api::limits::Rate {
+                    per_second: self.anonymous_rate.max(0.001),
+                    burst: self.anonymous_burst.max(1.0),
+                },
+                refusal_window: std::time::Duration::from_secs(self.audit_aggregate_secs.max(1)),
                 per_principal: clustercred_api::limits::Rate {
                     per_second: self.rate_per_principal.max(0.001),
                     burst: self.burst_per_principal.max(1.0),

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (gRPC and REST on one port).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(clustercred::cli::AuditCommand),
@@ -45,7 +45,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(config) => {
             init_logging(config.log_format);
-            clustercred::run(config).await
+            clustercred::run(*config).await
         }
         Command::Audit(command) => clustercred::cli::audit(command).await,
         Command::Iam(command) => clustercred::cli::iam(command).await,

@@ -13,11 +13,13 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use clustercred_api::alloydb::{AlloyDb, AlloyDbV1, AlloyDbV1alpha, AlloyDbV1beta};
 use clustercred_api::edgecontainer::EdgeContainerService;
+use clustercred_api::gate::Gate;
 use clustercred_api::gkemulticloud::AttachedClustersService;
 use clustercred_api::iam::access::IamAccess;
 use clustercred_api::iam::oidc::{OidcVerifier, TrustedIssuer};
 use clustercred_api::iam::projects::ProjectsService;
 use clustercred_api::iam::service_accounts::IamService;
+use clustercred_api::methods::MethodTable;
 use clustercred_api::operations::OperationsService;
 use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
 use clustercred_store::{SqliteStore, Store};
@@ -196,8 +198,8 @@ impl Server {
 
         let pool = prost_reflect::DescriptorPool::decode(clustercred_proto::FILE_DESCRIPTOR_SET)
             .context("loading the proto descriptors")?;
-        let gateway =
-            RestGateway::new(pool, mounts(), Vec::new()).context("reading the HTTP rules")?;
+        let gateway = RestGateway::new(pool.clone(), mounts(), Vec::new())
+            .context("reading the HTTP rules")?;
 
         let openapi = gateway.openapi_document("clustercred", env!("CARGO_PKG_VERSION"));
         let jwks = clustercred_authority::jwks_document(&[signer.as_ref()]);
@@ -221,8 +223,17 @@ impl Server {
             .route("/openapi.json", get(move || async move { Json(openapi) }))
             .route("/oauth2/token", post(token_endpoint))
             .with_state(ctx.clone());
+        // Every gRPC and transcoded REST call passes the access gate; a served method without a rule in the
+        // access table stops the start here.
+        let gate = Gate::new(
+            ctx.clone(),
+            MethodTable::standard(),
+            &pool,
+            config.max_request_bytes,
+        )
+        .map_err(|e| anyhow::anyhow!("the access table does not cover the served methods: {e}"))?;
         let app = clustercred_transport::router(
-            routes,
+            gate.layer(routes.prepare()),
             gateway.with_body_limit(config.max_request_bytes),
             extra,
             std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
@@ -254,6 +265,17 @@ impl Server {
                 }
             }
         });
+        // Repeated refusals are written as counted events when their window closes.
+        let ctx = self.ctx.clone();
+        let window = self.ctx.settings.limits.refusal_window;
+        let refusals = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(window);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                ctx.flush_refusals().await;
+            }
+        });
         let result = match self.tls {
             Some(acceptor) => {
                 clustercred_transport::serve_tls(self.listener, self.app, acceptor, shutdown).await
@@ -261,6 +283,8 @@ impl Server {
             None => clustercred_transport::serve(self.listener, self.app, shutdown).await,
         };
         purge.abort();
+        refusals.abort();
+        self.ctx.flush_refusals().await;
         self.store.close().await;
         result.context("serving")
     }

@@ -29,17 +29,27 @@ fn is_grpc(req: &Request<Body>) -> bool {
 }
 
 /// The one-port application: `extra` routes first (exact paths), then gRPC for `application/grpc*` requests,
-/// then the REST gateway for everything else. Each request gets `timeout` to complete; past it the client gets
-/// DEADLINE_EXCEEDED (gRPC) or 504 (REST) and the work is dropped.
-pub fn router(
-    grpc: tonic::service::Routes,
+/// then the REST gateway for everything else. gRPC calls and transcoded REST calls go through the same `grpc`
+/// service (the gRPC services behind the access gate). Each request gets `timeout` to complete; past it the
+/// client gets DEADLINE_EXCEEDED (gRPC) or 504 (REST) and the work is dropped.
+pub fn router<S>(
+    grpc: S,
     gateway: RestGateway,
     extra: axum::Router,
     timeout: std::time::Duration,
-) -> axum::Router {
-    let grpc_router = grpc.clone().prepare().into_axum_router();
+) -> axum::Router
+where
+    S: tower::Service<
+            Request<tonic::body::Body>,
+            Response = Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let fallback = tower::service_fn(move |mut req: Request<Body>| {
-        let grpc_router = grpc_router.clone();
         let grpc = grpc.clone();
         let gateway = gateway.clone();
         async move {
@@ -52,8 +62,8 @@ pub fn router(
                         Ok(m) => req.headers_mut().insert(METHOD_HEADER, m),
                         Err(_) => req.headers_mut().remove(METHOD_HEADER),
                     };
-                    match grpc_router.oneshot(req).await {
-                        Ok(r) => r,
+                    match grpc.oneshot(req.map(tonic::body::Body::new)).await {
+                        Ok(r) => r.map(Body::new),
                         Err(never) => match never {},
                     }
                 } else {

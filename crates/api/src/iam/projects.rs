@@ -75,9 +75,7 @@ impl Projects for ProjectsService {
         request: Request<GetIamPolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
         let resource = project_resource(&request.get_ref().resource)?;
-        self.ctx
-            .authorize(&request, "resourcemanager.projects.getIamPolicy", &resource)
-            .await?;
+        self.ctx.caller(&request)?;
         Ok(Response::new(
             policy::load(self.ctx.store.as_ref(), &resource).await?,
         ))
@@ -89,10 +87,7 @@ impl Projects for ProjectsService {
     ) -> Result<Response<Policy>, Status> {
         let req = request.get_ref();
         let resource = project_resource(&req.resource)?;
-        let caller = self
-            .ctx
-            .authorize(&request, "resourcemanager.projects.setIamPolicy", &resource)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         let mut new = req
             .policy
             .clone()
@@ -147,7 +142,7 @@ impl Projects for ProjectsService {
                 "at most 100 permissions per call",
             ));
         }
-        let principal = self.ctx.access.authenticate(request.metadata()).await?;
+        let principal = self.ctx.caller(&request)?.principal;
         let mut held = Vec::new();
         for permission in &req.permissions {
             if policy::allows(

@@ -39,6 +39,14 @@ const ROLES: &[(&str, &[&str])] = &[
     ),
     ("roles/alloydb.viewer", &["alloydb.*.get", "alloydb.*.list"]),
     ("roles/edgecontainer.admin", &["edgecontainer.*"]),
+    // Offline kubectl access to clusters, and nothing else: what `get-credentials --offline-credential` needs.
+    (
+        "roles/edgecontainer.offlineCredentialUser",
+        &[
+            "edgecontainer.clusters.get",
+            "edgecontainer.clusters.generateOfflineCredential",
+        ],
+    ),
     (
         "roles/edgecontainer.viewer",
         &["edgecontainer.*.get", "edgecontainer.*.list"],
@@ -94,6 +102,21 @@ fn pattern_matches(pattern: &str, permission: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
     let q: Vec<&str> = permission.split('.').collect();
     p.len() == q.len() && p.iter().zip(&q).all(|(a, b)| *a == "*" || a == b)
+}
+
+/// The patterns of `role` that hold `permission` (for reviewing what reaches a method).
+pub fn granting_patterns(role: &str, permission: &str) -> Vec<&'static str> {
+    ROLES
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, perms)| {
+            perms
+                .iter()
+                .copied()
+                .filter(|p| pattern_matches(p, permission))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether `role` holds `permission`.

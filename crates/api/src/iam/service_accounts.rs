@@ -302,9 +302,7 @@ impl Iam for IamService {
         let req = request.get_ref();
         let project = parse_project("name", &req.name)?;
         let parent = format!("projects/{project}");
-        self.ctx
-            .authorize(&request, "iam.serviceAccounts.list", &parent)
-            .await?;
+        self.ctx.caller(&request)?;
         let (accounts, next_page_token) = self
             .ctx
             .list(SA_KIND, &parent, req.page_size, &req.page_token)
@@ -320,9 +318,7 @@ impl Iam for IamService {
         request: Request<pb::GetServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
         let (name, _) = parse_account("name", &request.get_ref().name)?;
-        self.ctx
-            .authorize(&request, "iam.serviceAccounts.get", &name)
-            .await?;
+        self.ctx.caller(&request)?;
         Ok(Response::new(self.account(&name).await?))
     }
 
@@ -332,10 +328,7 @@ impl Iam for IamService {
     ) -> Result<Response<pb::ServiceAccount>, Status> {
         let req = request.get_ref();
         let project = parse_project("name", &req.name)?;
-        let caller = self
-            .ctx
-            .authorize(&request, "iam.serviceAccounts.create", &req.name)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         let template = req.service_account.clone().unwrap_or_default();
         let account = self
             .create_account(
@@ -354,10 +347,7 @@ impl Iam for IamService {
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<()>, Status> {
         let (name, _) = parse_account("name", &request.get_ref().name)?;
-        let caller = self
-            .ctx
-            .authorize(&request, "iam.serviceAccounts.delete", &name)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         let event = self
             .ctx
             .ok_event(&caller, &name, "deleted service account and its keys", "");
@@ -380,9 +370,7 @@ impl Iam for IamService {
     ) -> Result<Response<pb::ListServiceAccountKeysResponse>, Status> {
         let req = request.get_ref();
         let (name, _) = parse_account("name", &req.name)?;
-        self.ctx
-            .authorize(&request, "iam.serviceAccountKeys.list", &name)
-            .await?;
+        self.ctx.caller(&request)?;
         self.account(&name).await?;
         if req.key_types.contains(&(KeyType::Unspecified as i32)) {
             return Err(invalid_field(
@@ -409,9 +397,7 @@ impl Iam for IamService {
         let req = request.get_ref();
         let (account, _, key_id) = parse_key("name", &req.name)?;
         let name = format!("{account}/keys/{key_id}");
-        self.ctx
-            .authorize(&request, "iam.serviceAccountKeys.get", &name)
-            .await?;
+        self.ctx.caller(&request)?;
         let key: pb::ServiceAccountKey = self
             .ctx
             .load(SA_KEY_KIND, "service account key", &name)
@@ -432,10 +418,7 @@ impl Iam for IamService {
     ) -> Result<Response<pb::ServiceAccountKey>, Status> {
         let req = request.get_ref();
         let (name, _) = parse_account("name", &req.name)?;
-        let caller = self
-            .ctx
-            .authorize(&request, "iam.serviceAccountKeys.create", &name)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         if req.private_key_type == pb::ServiceAccountPrivateKeyType::TypePkcs12File as i32 {
             return Err(invalid_field(
                 "private_key_type",
@@ -457,10 +440,7 @@ impl Iam for IamService {
     ) -> Result<Response<()>, Status> {
         let (account, _, key_id) = parse_key("name", &request.get_ref().name)?;
         let name = format!("{account}/keys/{key_id}");
-        let caller = self
-            .ctx
-            .authorize(&request, "iam.serviceAccountKeys.delete", &name)
-            .await?;
+        let caller = self.ctx.caller(&request)?;
         let event = self
             .ctx
             .ok_event(&caller, &account, format!("deleted key {key_id}"), "");

@@ -164,6 +164,20 @@ async fn insert_audit(tx: &mut Transaction<'static, Sqlite>, event: &AuditEvent)
     Ok(())
 }
 
+/// `LIKE` pattern matching every kind of the API `kind` belongs to (`alloydb.Cluster` → `alloydb.%`).
+fn kind_family_pattern(kind: &str) -> String {
+    let api = kind.split('.').next().unwrap_or(kind);
+    let mut p = String::with_capacity(api.len() + 3);
+    for c in api.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str(".%");
+    p
+}
+
 /// `LIKE` pattern matching every name strictly below `name` (`name/...`), with wildcards escaped.
 fn children_pattern(name: &str) -> String {
     let mut p = String::with_capacity(name.len() + 2);
@@ -266,15 +280,21 @@ impl Store for SqliteStore {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
+        // Children of the same API only: an AlloyDB and an Edge cluster may share a name, and deleting one
+        // must not touch the other's instances.
         let below = children_pattern(name);
-        sqlx::query("DELETE FROM resources WHERE name LIKE ? ESCAPE '\\'")
-            .bind(&below)
-            .execute(&mut *tx)
-            .await?;
-        // The resource's own CA, and those of resources below it (whatever their kind).
+        let family = kind_family_pattern(kind);
+        sqlx::query(
+            "DELETE FROM resources WHERE name LIKE ? ESCAPE '\\' AND kind LIKE ? ESCAPE '\\'",
+        )
+        .bind(&below)
+        .bind(&family)
+        .execute(&mut *tx)
+        .await?;
+        // The resource's own CA, and those of its children (owners are `kind:name`).
         sqlx::query("DELETE FROM cas WHERE owner = ? OR owner LIKE ? ESCAPE '\\'")
             .bind(ca_owner(kind, name))
-            .bind(format!("%:{below}"))
+            .bind(format!("{family}:{below}"))
             .execute(&mut *tx)
             .await?;
         if let Some(operation) = operation {

@@ -52,47 +52,87 @@ const C1: &str = "projects/p/locations/l/clusters/c1";
 #[tokio::test]
 async fn create_get_list_delete_with_children_and_ca() {
     let s = SqliteStore::in_memory().await.unwrap();
-    s.create_resource(&res("k", C1, PARENT), Some(&ca(C1)), Some(&op("o1")), None)
-        .await
-        .unwrap();
+    s.create_resource(
+        &res("a.Cluster", C1, PARENT),
+        Some(&CaRecord {
+            owner: ca_owner("a.Cluster", C1),
+            ..ca(C1)
+        }),
+        Some(&op("o1")),
+        None,
+    )
+    .await
+    .unwrap();
     let inst = format!("{C1}/instances/i1");
-    s.create_resource(&res("i", &inst, C1), None, Some(&op("o2")), None)
+    s.create_resource(&res("a.Instance", &inst, C1), None, Some(&op("o2")), None)
         .await
         .unwrap();
     // Duplicate: refused, and the operation of the failed attempt is not written.
     let dup = s
-        .create_resource(&res("k", C1, PARENT), None, Some(&op("o3")), None)
+        .create_resource(&res("a.Cluster", C1, PARENT), None, Some(&op("o3")), None)
         .await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists)));
     assert!(s.get_operation(&op("o3").name).await.unwrap().is_none());
 
     assert_eq!(
-        s.get_resource("k", C1).await.unwrap().unwrap().data,
+        s.get_resource("a.Cluster", C1).await.unwrap().unwrap().data,
         C1.as_bytes()
     );
     assert_eq!(
-        s.get_ca(&ca_owner("k", C1)).await.unwrap().unwrap().key_der,
+        s.get_ca(&ca_owner("a.Cluster", C1))
+            .await
+            .unwrap()
+            .unwrap()
+            .key_der,
         vec![9; 8]
     );
     assert!(s.get_resource("other-kind", C1).await.unwrap().is_none());
 
-    s.delete_resource("k", C1, Some(&op("o4")), None)
+    // Another API's resources under the same name: untouched by this delete.
+    s.create_resource(
+        &res("b.Cluster", C1, PARENT),
+        Some(&CaRecord {
+            owner: ca_owner("b.Cluster", C1),
+            ..ca(C1)
+        }),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    s.create_resource(&res("b.Instance", &inst, C1), None, None, None)
         .await
         .unwrap();
-    assert!(s.get_resource("k", C1).await.unwrap().is_none());
+    s.delete_resource("a.Cluster", C1, Some(&op("o4")), None)
+        .await
+        .unwrap();
+    assert!(s.get_resource("a.Cluster", C1).await.unwrap().is_none());
     assert!(
-        s.get_resource("i", &inst).await.unwrap().is_none(),
+        s.get_resource("a.Instance", &inst).await.unwrap().is_none(),
         "children go too"
     );
     assert!(
-        s.get_ca(&ca_owner("k", C1)).await.unwrap().is_none(),
+        s.get_ca(&ca_owner("a.Cluster", C1))
+            .await
+            .unwrap()
+            .is_none(),
         "the CA goes with its cluster"
     );
     assert!(s.get_operation(&op("o4").name).await.unwrap().is_some());
     assert!(matches!(
-        s.delete_resource("k", C1, Some(&op("o5")), None).await,
+        s.delete_resource("a.Cluster", C1, Some(&op("o5")), None)
+            .await,
         Err(StoreError::NotFound)
     ));
+    assert!(
+        s.get_resource("b.Cluster", C1).await.unwrap().is_some()
+            && s.get_resource("b.Instance", &inst).await.unwrap().is_some()
+            && s.get_ca(&ca_owner("b.Cluster", C1))
+                .await
+                .unwrap()
+                .is_some(),
+        "a delete removes children of its own API only"
+    );
 }
 
 #[tokio::test]
