@@ -126,6 +126,14 @@ impl RequestMeta {
         }
     }
 
+    /// The caller's IP address, when the transport knew it.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.client_address
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    }
+
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         // Set by the transport for gRPC and transcoded REST alike.
         let method = request
@@ -250,8 +258,24 @@ impl Ctx {
             })
     }
 
-    /// Records a refused call: counted against the caller's address, and audited through the aggregator
-    /// (repeats become one counted event per window).
+    /// The checks that run before any work on a request, credential or not: the caller's address budget, and
+    /// whether that address keeps failing. A refusal here is itself recorded (aggregated).
+    pub async fn admit_address(&self, meta: &RequestMeta) -> Result<(), Status> {
+        let Some(ip) = meta.ip() else {
+            return Ok(());
+        };
+        let admitted = self
+            .limits
+            .address(ip)
+            .and_then(|()| self.limits.failing(ip));
+        if let Err(status) = &admitted {
+            self.refused("anonymous", meta, "", "", status).await;
+        }
+        admitted
+    }
+
+    /// Records a refused call: counted against the caller's address (unless it was refused for its rate
+    /// alone), and audited through the aggregator (repeats become one counted event per window).
     pub async fn refused(
         &self,
         principal: &str,
@@ -265,6 +289,11 @@ impl Ctx {
         } else {
             format!("{permission}: {}", status.message())
         };
+        if status.code() != Code::ResourceExhausted
+            && let Some(ip) = meta.ip()
+        {
+            self.limits.note_failure(ip);
+        }
         let event = self.event(principal, meta, resource, status.code(), detail, "");
         if let Some(event) = self.refusals.note(event) {
             self.audit(&event).await;

@@ -84,21 +84,11 @@ impl Gate {
             )));
         };
         let address = req.extensions().get::<ClientAddress>().map(|a| a.0);
-        let ip = address.map(|a| a.ip());
         let meta = RequestMeta::from_parts(&method, address, req.headers());
         let limits = &self.ctx.limits;
 
         // Before any work: the caller's address, and whether that address keeps failing.
-        if let Some(ip) = ip {
-            if let Err(status) = limits.address(ip) {
-                self.ctx.refused("anonymous", &meta, "", "", &status).await;
-                return Err(status);
-            }
-            if let Err(status) = limits.failing(ip) {
-                self.ctx.refused("anonymous", &meta, "", "", &status).await;
-                return Err(status);
-            }
-        }
+        self.ctx.admit_address(&meta).await?;
         if rule.access == Access::Public {
             return Ok(req.map(tonic::body::Body::new));
         }
@@ -117,9 +107,6 @@ impl Gate {
         let principal = match self.ctx.access.authenticate(&metadata).await {
             Ok(p) => p,
             Err(status) => {
-                if let Some(ip) = ip {
-                    limits.note_failure(ip);
-                }
                 self.ctx
                     .refused("anonymous", &meta, &permissions, "", &status)
                     .await;
@@ -135,9 +122,6 @@ impl Gate {
         let held = match self.check(&rule, &principal, &resource).await {
             Ok(held) => held,
             Err(status) => {
-                if let Some(ip) = ip {
-                    limits.note_failure(ip);
-                }
                 self.ctx
                     .refused(&principal.member(), &meta, &permissions, &resource, &status)
                     .await;

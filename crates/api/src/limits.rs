@@ -46,8 +46,8 @@ impl Default for LimitSettings {
                 burst: 2000.0,
             },
             failures_per_address: Rate {
-                per_second: 10.0,
-                burst: 100.0,
+                per_second: 100.0,
+                burst: 1000.0,
             },
             anonymous: Rate {
                 per_second: 100.0,

@@ -117,12 +117,12 @@ pub struct ServeConfig {
 
     /// Refused calls per second one address may make (and the burst) before it is refused without any
     /// authentication work.
-    #[arg(long, env = "CLUSTERCRED_FAILURES_PER_ADDRESS", default_value_t = 10.0)]
+    #[arg(long, env = "CLUSTERCRED_FAILURES_PER_ADDRESS", default_value_t = 100.0)]
     pub failures_per_address: f64,
     #[arg(
         long,
         env = "CLUSTERCRED_FAILURE_BURST_PER_ADDRESS",
-        default_value_t = 100.0
+        default_value_t = 1000.0
     )]
     pub failure_burst_per_address: f64,
 
@@ -193,8 +193,8 @@ impl ServeConfig {
             oidc_min_refetch_secs: 30,
             rate_per_address: 1000.0,
             burst_per_address: 2000.0,
-            failures_per_address: 10.0,
-            failure_burst_per_address: 100.0,
+            failures_per_address: 100.0,
+            failure_burst_per_address: 1000.0,
             anonymous_rate: 100.0,
             anonymous_burst: 200.0,
             audit_aggregate_secs: 10,

@@ -30,18 +30,16 @@ fn oauth_error(status: u16, error: &str, description: impl Into<String>) -> Toke
 
 /// Handles one `POST /oauth2/token` with an `application/x-www-form-urlencoded` body.
 pub async fn token_endpoint(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply {
+    if let Err(status) = ctx.admit_address(meta).await {
+        return oauth_error(429, "rate_limit_exceeded", status.message());
+    }
     let reply = exchange(ctx, form_body, meta).await;
     if reply.http_status != 200 {
         let description = reply.body["error_description"].as_str().unwrap_or_default();
-        let event = ctx.event(
-            "anonymous",
-            meta,
-            "oauth2/token",
-            Code::Unauthenticated,
-            description,
-            "",
-        );
-        ctx.audit(&event).await;
+        // Aggregated like every refusal, so a flood of bad assertions is not one audit write each.
+        let status = tonic::Status::new(Code::Unauthenticated, description);
+        ctx.refused("anonymous", meta, "", "oauth2/token", &status)
+            .await;
     }
     reply
 }
