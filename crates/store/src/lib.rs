@@ -4,9 +4,11 @@
 //! transaction that is committed (and, with SQLite in WAL mode and `synchronous=FULL`, on disk) before the
 //! method returns, so a reply never reports something the store could lose.
 
+mod anchor;
 mod records;
 mod sqlite;
 
+pub use anchor::*;
 pub use records::*;
 pub use sqlite::SqliteStore;
 
@@ -137,8 +139,20 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events in order, filtered.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredAuditEvent>>;
+    /// The newest audit event's sequence number and chain link, if any.
+    async fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>>;
+    /// Stores a signed checkpoint if its `(seq, head_hash)` is an event of the chain (checked in the same
+    /// statement as the insert); `NotFound` otherwise. Returns the stored id.
+    async fn append_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<i64>;
+    /// Every checkpoint, oldest first.
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
+    /// The audit keys (normally one), oldest first.
+    async fn audit_keys(&self) -> Result<Vec<AuditKeyRecord>>;
+    /// Stores `key` if no audit key exists yet, and returns the stored one: concurrent first starts agree on
+    /// one key.
+    async fn put_audit_key(&self, key: &AuditKeyRecord) -> Result<AuditKeyRecord>;
 
-    /// Every sealed private key the store holds (CA keys and token-signing keys), for re-wrapping.
+    /// Every sealed private key the store holds (CA keys, token-signing keys, audit keys), for re-wrapping.
     async fn sealed_keys(&self) -> Result<Vec<SealedKey>>;
     /// Replaces sealed keys in one transaction (a master-key rotation is all or nothing).
     async fn replace_sealed_keys(

@@ -114,9 +114,15 @@ pub struct PolicyRecord {
     pub update_time_unix: i64,
 }
 
+/// The audit event format written today. Part of every hashed event (and of every checkpoint), so a reader
+/// knows which fields and vocabulary an event uses.
+pub const AUDIT_FORMAT_VERSION: u32 = 2;
+
 /// One audit event. Never holds private keys or whole tokens: serials and token ids only.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEvent {
+    /// The event format ([`AUDIT_FORMAT_VERSION`] when written by this clustercred).
+    pub version: u32,
     /// Unix time in nanoseconds.
     pub time_unix_nanos: i64,
     /// `user:admin`, `serviceAccount:EMAIL`, or `anonymous`.
@@ -126,13 +132,34 @@ pub struct AuditEvent {
     pub resource: String,
     /// `ok` or `denied` or `error`.
     pub outcome: String,
-    /// The google.rpc code name (`OK`, `PERMISSION_DENIED`, ...).
+    /// The canonical google.rpc code name (`OK`, `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`, ...).
     pub status: String,
     /// Certificate serial, token id, key id, or a short description of the change.
     pub detail: String,
     pub request_id: String,
     pub client_address: String,
     pub user_agent: String,
+    /// How many calls the event stands for: 1, or more for aggregated refusals.
+    pub count: u64,
+}
+
+impl Default for AuditEvent {
+    fn default() -> Self {
+        AuditEvent {
+            version: AUDIT_FORMAT_VERSION,
+            time_unix_nanos: 0,
+            principal: String::new(),
+            method: String::new(),
+            resource: String::new(),
+            outcome: String::new(),
+            status: String::new(),
+            detail: String::new(),
+            request_id: String::new(),
+            client_address: String::new(),
+            user_agent: String::new(),
+            count: 1,
+        }
+    }
 }
 
 impl AuditEvent {
@@ -207,8 +234,18 @@ pub fn verify_chain(events: &[StoredAuditEvent]) -> Result<(), ChainBreak> {
 /// A sealed private key and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedKey {
-    /// `ca` (id = the owning resource) or `signing_key` (id = the key id).
+    /// `ca` (id = the owning resource), `signing_key` or `audit_key` (id = the key id).
     pub kind: String,
     pub id: String,
     pub sealed: Vec<u8>,
+}
+
+/// The key that signs audit checkpoints: its id, the sealed PKCS#8 private key, and the raw public key (kept
+/// in the clear for readers without the master key; a reader with it trusts only what the sealed key says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditKeyRecord {
+    pub kid: String,
+    pub key_der: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub create_time_unix: i64,
 }

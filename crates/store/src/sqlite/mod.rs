@@ -15,7 +15,11 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -111,6 +115,15 @@ fn idempotency_from_row(row: &SqliteRow) -> Result<IdempotencyRecord> {
         request_id: row.try_get("request_id")?,
         request_hash: row.try_get("request_hash")?,
         response: row.try_get("response")?,
+        create_time_unix: row.try_get("create_time")?,
+    })
+}
+
+fn audit_key_from_row(row: &SqliteRow) -> Result<AuditKeyRecord> {
+    Ok(AuditKeyRecord {
+        kid: row.try_get("kid")?,
+        key_der: row.try_get("key_der")?,
+        public_key: row.try_get("public_key")?,
         create_time_unix: row.try_get("create_time")?,
     })
 }
@@ -606,6 +619,81 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("seq")?, row.try_get("hash")?)))
+            .transpose()
+    }
+
+    async fn append_checkpoint(&self, c: &AuditCheckpoint) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO audit_checkpoints (version, seq, head_hash, time_nanos, kid, signature) \
+             SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS \
+             (SELECT 1 FROM audit_events WHERE seq = ? AND hash = ?) RETURNING id",
+        )
+        .bind(i64::from(c.version))
+        .bind(c.seq)
+        .bind(&c.head_hash)
+        .bind(c.time_unix_nanos)
+        .bind(&c.kid)
+        .bind(&c.signature)
+        .bind(c.seq)
+        .bind(&c.head_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        id.ok_or(StoreError::NotFound)
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let version: i64 = row.try_get("version")?;
+                Ok(AuditCheckpoint {
+                    id: row.try_get("id")?,
+                    // A version that does not fit cannot verify: the signature covers the real one.
+                    version: u32::try_from(version).unwrap_or(u32::MAX),
+                    seq: row.try_get("seq")?,
+                    head_hash: row.try_get("head_hash")?,
+                    time_unix_nanos: row.try_get("time_nanos")?,
+                    kid: row.try_get("kid")?,
+                    signature: row.try_get("signature")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_keys(&self) -> Result<Vec<AuditKeyRecord>> {
+        let rows = sqlx::query("SELECT * FROM audit_keys ORDER BY create_time, kid")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_key_from_row).collect()
+    }
+
+    async fn put_audit_key(&self, key: &AuditKeyRecord) -> Result<AuditKeyRecord> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO audit_keys (kid, key_der, public_key, create_time) \
+             SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM audit_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.key_der)
+        .bind(&key.public_key)
+        .bind(key.create_time_unix)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM audit_keys ORDER BY create_time, kid LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = audit_key_from_row(&row)?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
     async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM idempotency WHERE create_time < ?")
             .bind(before_unix)
@@ -696,6 +784,16 @@ impl Store for SqliteStore {
                 sealed: row.try_get("key_der")?,
             });
         }
+        for row in sqlx::query("SELECT kid, key_der FROM audit_keys ORDER BY kid")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push(SealedKey {
+                kind: "audit_key".into(),
+                id: row.try_get("kid")?,
+                sealed: row.try_get("key_der")?,
+            });
+        }
         Ok(out)
     }
 
@@ -709,6 +807,7 @@ impl Store for SqliteStore {
             let sql = match key.kind.as_str() {
                 "ca" => "UPDATE cas SET key_der = ? WHERE owner = ?",
                 "signing_key" => "UPDATE signing_keys SET key_der = ? WHERE kid = ?",
+                "audit_key" => "UPDATE audit_keys SET key_der = ? WHERE kid = ?",
                 other => {
                     return Err(StoreError::Backend(format!(
                         "unknown sealed key kind {other}"

@@ -460,3 +460,63 @@ async fn same_name_in_two_apis_keeps_two_cas() {
         "the other API's CA stays"
     );
 }
+
+#[tokio::test]
+async fn checkpoints_only_for_events_on_the_chain_and_one_audit_key() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    assert_eq!(s.audit_head().await.unwrap(), None);
+    s.append_audit(&event(1, "user:admin", C1)).await.unwrap();
+    s.append_audit(&event(2, "user:admin", C1)).await.unwrap();
+    let (seq, hash) = s.audit_head().await.unwrap().unwrap();
+    assert_eq!(seq, 2);
+    let (signer, _) = AuditSigner::generate().unwrap();
+    let id = s
+        .append_checkpoint(&signer.checkpoint(seq, &hash, 7))
+        .await
+        .unwrap();
+    // A checkpoint of a head the chain does not have is refused.
+    assert!(matches!(
+        s.append_checkpoint(&signer.checkpoint(seq, b"not the hash", 8))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.append_checkpoint(&signer.checkpoint(3, &hash, 8)).await,
+        Err(StoreError::NotFound)
+    ));
+    let stored = s.checkpoints().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    assert!(signer.public_key().verifies(&stored[0]));
+
+    let key = |kid: &str| AuditKeyRecord {
+        kid: kid.into(),
+        key_der: vec![1],
+        public_key: vec![2],
+        create_time_unix: 1,
+    };
+    assert_eq!(s.put_audit_key(&key("first")).await.unwrap().kid, "first");
+    assert_eq!(
+        s.put_audit_key(&key("second")).await.unwrap().kid,
+        "first",
+        "the first key stays"
+    );
+    assert_eq!(s.audit_keys().await.unwrap().len(), 1);
+    let sealed = s.sealed_keys().await.unwrap();
+    assert!(
+        sealed
+            .iter()
+            .any(|k| k.kind == "audit_key" && k.id == "first")
+    );
+    s.replace_sealed_keys(
+        &[SealedKey {
+            kind: "audit_key".into(),
+            id: "first".into(),
+            sealed: vec![9],
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.audit_keys().await.unwrap()[0].key_der, vec![9]);
+}
