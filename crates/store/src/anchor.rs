@@ -256,14 +256,13 @@ mod tests {
                     ..Default::default()
                 };
                 let hash = event.chain_hash(&prev);
-                let stored = StoredAuditEvent {
+                StoredAuditEvent {
                     seq,
                     event,
                     prev_hash: std::mem::replace(&mut prev, hash.clone()),
                     hash,
                     columns_match: true,
-                };
-                stored
+                }
             })
             .collect()
     }
