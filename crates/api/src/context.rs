@@ -190,6 +190,30 @@ pub fn log_event(e: &AuditEvent) {
         client = %e.client_address, user_agent = %e.user_agent, "audit");
 }
 
+/// The canonical google.rpc code name of a status (`OK`, `PERMISSION_DENIED`, ...): the one vocabulary of the
+/// audit log's `status` field. (`Code`'s `Debug` form, `PermissionDenied`, is not it.)
+pub fn status_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// What a sealed CA key is bound to: its owner.
 pub fn ca_key_context(owner: &str) -> String {
     format!("ca:{owner}")
@@ -308,7 +332,7 @@ impl Ctx {
         }
     }
 
-    /// An audit event for this moment.
+    /// An audit event for this moment (format [`clustercred_store::AUDIT_FORMAT_VERSION`]).
     #[allow(clippy::too_many_arguments)]
     pub fn event(
         &self,
@@ -330,11 +354,12 @@ impl Ctx {
             method: meta.method.clone(),
             resource: resource.to_string(),
             outcome: outcome.to_string(),
-            status: format!("{status:?}"),
+            status: status_name(status).to_string(),
             detail: detail.into(),
             request_id: request_id.to_string(),
             client_address: meta.client_address.clone(),
             user_agent: meta.user_agent.clone(),
+            ..AuditEvent::default()
         }
     }
 

@@ -119,18 +119,13 @@ impl Refusals {
                     p.unwritten, event.time_unix_nanos, event.detail
                 );
                 event.time_unix_nanos = now_unix_nanos;
-                set_count(&mut event, p.unwritten);
+                event.count = p.unwritten;
                 event
             })
             .collect();
         events.sort_by(|a, b| a.detail.cmp(&b.detail));
         events
     }
-}
-
-/// Records how many calls an aggregated event stands for.
-fn set_count(event: &mut AuditEvent, count: u64) {
-    event.request_id = format!("count={count}");
 }
 
 #[cfg(test)]
@@ -160,6 +155,8 @@ mod tests {
         }
         let drained = r.drain(5);
         assert_eq!(drained.len(), 1);
+        assert_eq!(drained[0].count, 998);
+        assert!(drained[0].request_id.is_empty());
         assert!(
             drained[0].detail.starts_with("998 refused call(s)"),
             "{}",
@@ -192,6 +189,7 @@ mod tests {
         );
         let folded: Vec<_> = drained.iter().filter(|e| e.client_address == "*").collect();
         assert_eq!(folded.len(), 1);
+        assert_eq!(folded[0].count, 5000);
         assert!(
             folded[0].detail.starts_with("5000 refused"),
             "{}",

@@ -78,7 +78,7 @@ pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
         method: "bootstrap".into(),
         resource: policy::ROOT.into(),
         outcome: "ok".into(),
-        status: "Ok".into(),
+        status: "OK".into(),
         detail: format!("+{} {member}", roles::ADMIN_ROLE),
         ..Default::default()
     };

@@ -151,7 +151,7 @@ fn cli_event(resource: &str, method: &str, detail: String) -> AuditEvent {
         method: format!("cli/{method}"),
         resource: resource.to_string(),
         outcome: "ok".into(),
-        status: "Ok".into(),
+        status: "OK".into(),
         detail,
         ..Default::default()
     }

@@ -110,8 +110,5 @@ pub fn parse_cert(pem_text: &str) -> Vec<u8> {
 
 /// How many calls an audit event stands for (aggregated refusals carry a count).
 pub fn audit_count(e: &clustercred_store::AuditEvent) -> u64 {
-    e.request_id
-        .strip_prefix("count=")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
+    e.count
 }
