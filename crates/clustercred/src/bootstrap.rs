@@ -1,30 +1,129 @@
-//! First start: the data directory, the administrator and its bearer token, the token-signing key.
+//! First start: the data directory, the administrator and its bearer token, the token-signing key, the
+//! audit key. Every start: the data directory and its secrets are checked before anything in them is used.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clustercred_api::context::signing_key_context;
 use clustercred_authority::{MasterKey, TokenSigner};
-use clustercred_store::{PrincipalRecord, SigningKeyRecord, Store};
+use clustercred_store::{AuditKeyRecord, AuditSigner, PrincipalRecord, SigningKeyRecord, Store};
 use sha2::{Digest, Sha256};
 
 pub const ADMIN_PRINCIPAL: &str = "admin";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DATABASE_FILE: &str = "clustercred.db";
 
-/// Creates the data directory (mode 0700) if needed.
+/// Creates the data directory (mode 0700) if needed, then checks it (see [`check_data_dir`]). The database
+/// file is created here, mode 0600, because SQLite would create it with the umask's mode (often 0644) and
+/// gives its `-wal` and `-shm` files the database file's mode.
 pub fn data_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    match fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading data directory {}", dir.display()));
+        }
+    }
+    check_data_dir(dir)?;
+    let db = dir.join(DATABASE_FILE);
+    if !db.exists() {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&db)
+            .with_context(|| format!("creating {}", db.display()))?;
     }
     Ok(())
+}
+
+/// Refuses a data directory someone else could read or swap: the directory must be a real directory (not a
+/// symbolic link) owned by the user running clustercred with no access for group or others, and
+/// `master.key`, `admin.token` and the database, where present, real files owned by that user that only it
+/// can read or write.
+pub fn check_data_dir(dir: &Path) -> Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    let shown = dir.display();
+    let meta =
+        fs::symlink_metadata(dir).with_context(|| format!("reading data directory {shown}"))?;
+    if meta.file_type().is_symlink() {
+        bail!(
+            "the data directory {shown} is a symbolic link; clustercred does not follow it: pass the real              directory as --data-dir"
+        );
+    }
+    if !meta.is_dir() {
+        bail!("the data directory {shown} is not a directory");
+    }
+    if meta.uid() != uid {
+        bail!(
+            "the data directory {shown} is owned by uid {}, not by the user running clustercred (uid {uid});              run clustercred as its owner or `chown -R {uid} {shown}`",
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the data directory {shown} is accessible to group or others (mode {:04o}); fix it with `chmod 700 {shown}`",
+            meta.mode() & 0o7777
+        );
+    }
+    for name in [MASTER_KEY_FILE, ADMIN_TOKEN_FILE, DATABASE_FILE] {
+        check_secret_file(&dir.join(name), uid)?;
+    }
+    Ok(())
+}
+
+/// A secret in the data directory, if present, is a regular file of ours with mode 0600 or stricter.
+fn check_secret_file(path: &Path, uid: u32) -> Result<()> {
+    let shown = path.display();
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
+    };
+    if meta.file_type().is_symlink() {
+        bail!(
+            "{shown} is a symbolic link; clustercred does not follow it: replace it with the file itself"
+        );
+    }
+    if !meta.is_file() {
+        bail!("{shown} is not a regular file");
+    }
+    if meta.uid() != uid {
+        bail!(
+            "{shown} is owned by uid {}, not by the user running clustercred (uid {uid}); `chown {uid} {shown}`",
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{shown} is readable or writable by group or others (mode {:04o}); fix it with `chmod 600 {shown}`",
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Reads a secret without following a symbolic link in its last component.
+fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(text)
 }
 
 /// On first start, creates the administrator and writes its bearer token to `admin.token` (mode 0600). The
@@ -40,6 +139,7 @@ pub async fn admin(store: &dyn Store, dir: &Path, now_unix: i64) -> Result<PathB
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     // An existing file keeps its old mode through open(): set it explicitly.
@@ -126,40 +226,99 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 /// it belongs elsewhere (a key beside the database it protects only guards against a stolen database file).
 pub fn master_key(dir: &Path, file: Option<&Path>) -> Result<MasterKey> {
     use base64::Engine;
-    let decode = |text: &str| -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        let text = text.trim();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
-            .context("the master key must be 32 bytes, base64-encoded")?;
-        Ok(zeroize::Zeroizing::new(bytes))
-    };
-    if let Some(path) = file {
-        let text = zeroize::Zeroizing::new(
-            fs::read_to_string(path)
-                .with_context(|| format!("reading the master key {}", path.display()))?,
-        );
-        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
-    }
-    if let Ok(text) = std::env::var("CLUSTERCRED_MASTER_KEY") {
-        let text = zeroize::Zeroizing::new(text);
-        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
+    if let Some(key) = existing_master_key(dir, file)? {
+        return Ok(key);
     }
     let path = dir.join(MASTER_KEY_FILE);
-    if path.exists() {
-        let text = zeroize::Zeroizing::new(fs::read_to_string(&path)?);
-        return Ok(MasterKey::from_bytes(&decode(&text)?)?);
-    }
     let (key, bytes) = MasterKey::generate()?;
     let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
     f.write_all(encoded.as_bytes())?;
     f.sync_all()?;
     tracing::warn!(path = %path.display(), "generated a master key beside the database; in production keep it \
         elsewhere (--master-key-file or CLUSTERCRED_MASTER_KEY) so a copy of the data directory does not carry it");
     Ok(key)
+}
+
+/// The master key from the same places as [`master_key`], without generating one when there is none.
+pub fn existing_master_key(dir: &Path, file: Option<&Path>) -> Result<Option<MasterKey>> {
+    use base64::Engine;
+    let decode = |text: &str| -> Result<MasterKey> {
+        let text = text.trim();
+        let bytes = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+                .context("the master key must be 32 bytes, base64-encoded")?,
+        );
+        Ok(MasterKey::from_bytes(&bytes)?)
+    };
+    if let Some(path) = file {
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(path)
+                .with_context(|| format!("reading the master key {}", path.display()))?,
+        );
+        return decode(&text).map(Some);
+    }
+    if let Ok(text) = std::env::var("CLUSTERCRED_MASTER_KEY") {
+        let text = zeroize::Zeroizing::new(text);
+        return decode(&text).map(Some);
+    }
+    let path = dir.join(MASTER_KEY_FILE);
+    if fs::symlink_metadata(&path).is_ok() {
+        check_secret_file(&path, rustix::process::geteuid().as_raw())?;
+        return decode(&read_secret(&path)?).map(Some);
+    }
+    Ok(None)
+}
+
+/// What a sealed audit key is bound to: its key id.
+pub fn audit_key_context(kid: &str) -> String {
+    format!("audit-key:{kid}")
+}
+
+/// The key that signs audit checkpoints (sealed under the master key), generated on first start. Two first
+/// starts at once agree on one key (the store keeps the first).
+pub async fn audit_key(
+    store: &dyn Store,
+    master: &MasterKey,
+    now_unix: i64,
+) -> Result<AuditSigner> {
+    if let Some(record) = store.audit_keys().await?.into_iter().next() {
+        return open_audit_key(master, &record);
+    }
+    let (signer, der) = AuditSigner::generate().context("generating the audit key")?;
+    let record = AuditKeyRecord {
+        kid: signer.kid(),
+        key_der: master.seal(&der, &audit_key_context(&signer.kid()))?,
+        public_key: signer.public_key().raw().to_vec(),
+        create_time_unix: now_unix,
+    };
+    let stored = store.put_audit_key(&record).await?;
+    if stored.kid == record.kid {
+        Ok(signer)
+    } else {
+        open_audit_key(master, &stored)
+    }
+}
+
+/// Opens a stored audit key; its id must be the id of the key inside (the id names the public key).
+pub fn open_audit_key(master: &MasterKey, record: &AuditKeyRecord) -> Result<AuditSigner> {
+    let der = master
+        .open(&record.key_der, &audit_key_context(&record.kid))
+        .context("opening the audit key with the master key")?;
+    let signer = AuditSigner::from_pkcs8(&der).context("loading the audit key")?;
+    if signer.kid() != record.kid {
+        bail!(
+            "the stored audit key {} holds key {}: the key table was altered",
+            record.kid,
+            signer.kid()
+        );
+    }
+    Ok(signer)
 }

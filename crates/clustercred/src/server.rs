@@ -276,6 +276,19 @@ impl Server {
                 ctx.flush_refusals().await;
             }
         });
+        // The audit chain's head is anchored by a signed checkpoint each minute it moved, and at shutdown.
+        let now = self.ctx.now().unix_timestamp();
+        let anchor = Arc::new(clustercred_store::HeadAnchor::new(
+            bootstrap::audit_key(self.ctx.store.as_ref(), &self.ctx.master, now).await?,
+        ));
+        let (ctx, head) = (self.ctx.clone(), anchor.clone());
+        let anchoring = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                anchor_head(&ctx, &head).await;
+            }
+        });
         let result = match self.tls {
             Some(acceptor) => {
                 clustercred_transport::serve_tls(self.listener, self.app, acceptor, shutdown).await
@@ -284,9 +297,18 @@ impl Server {
         };
         purge.abort();
         refusals.abort();
+        anchoring.abort();
         self.ctx.flush_refusals().await;
+        anchor_head(&self.ctx, &anchor).await;
         self.store.close().await;
         result.context("serving")
+    }
+}
+
+async fn anchor_head(ctx: &Ctx, anchor: &clustercred_store::HeadAnchor) {
+    let now = i64::try_from(ctx.now().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    if let Err(e) = anchor.anchor(ctx.store.as_ref(), now).await {
+        tracing::error!(error = %e, "writing an audit checkpoint failed");
     }
 }
 

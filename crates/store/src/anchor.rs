@@ -166,6 +166,47 @@ impl AuditSigner {
     }
 }
 
+/// Keeps the chain head anchored: [`HeadAnchor::anchor`] signs and stores a checkpoint when the head moved
+/// since the last one this process wrote (call it periodically and at shutdown).
+pub struct HeadAnchor {
+    signer: AuditSigner,
+    last_seq: std::sync::Mutex<Option<i64>>,
+}
+
+impl HeadAnchor {
+    pub fn new(signer: AuditSigner) -> Self {
+        HeadAnchor {
+            signer,
+            last_seq: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn signer(&self) -> &AuditSigner {
+        &self.signer
+    }
+
+    /// Writes a checkpoint of the current head unless there is none or it is already anchored.
+    pub async fn anchor(
+        &self,
+        store: &dyn crate::Store,
+        now_unix_nanos: i64,
+    ) -> crate::Result<Option<AuditCheckpoint>> {
+        let Some((seq, hash)) = store.audit_head().await? else {
+            return Ok(None);
+        };
+        let last = self.last_seq.lock().map(|l| *l).unwrap_or(None);
+        if last == Some(seq) {
+            return Ok(None);
+        }
+        let mut checkpoint = self.signer.checkpoint(seq, &hash, now_unix_nanos);
+        checkpoint.id = store.append_checkpoint(&checkpoint).await?;
+        if let Ok(mut l) = self.last_seq.lock() {
+            *l = Some(seq);
+        }
+        Ok(Some(checkpoint))
+    }
+}
+
 /// What a complete verification found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnchorReport {
