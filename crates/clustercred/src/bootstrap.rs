@@ -16,9 +16,12 @@ pub const ADMIN_PRINCIPAL: &str = "admin";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DATABASE_FILE: &str = "clustercred.db";
 
-/// Creates the data directory (mode 0700) if needed, then checks it (see [`check_data_dir`]). The database
-/// file is created here, mode 0600, because SQLite would create it with the umask's mode (often 0644) and
-/// gives its `-wal` and `-shm` files the database file's mode.
+/// Creates the data directory (mode 0700) if needed, then checks it (see [`check_data_dir`]). A directory
+/// that holds none of our files yet (an operator's fresh `mkdir`, mode 0755) is tightened to 0700 rather than
+/// refused: nothing in it was exposed, and it is closed before the first secret is written. One that others
+/// may write to is refused even then (they could have planted files). The database file is created here, mode
+/// 0600, because SQLite would create it with the umask's mode (often 0644) and gives its `-wal` and `-shm`
+/// files the database file's mode.
 pub fn data_dir(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(_) => {}
@@ -32,6 +35,20 @@ pub fn data_dir(dir: &Path) -> Result<()> {
         Err(e) => {
             return Err(e).with_context(|| format!("reading data directory {}", dir.display()));
         }
+    }
+    let fresh = [MASTER_KEY_FILE, ADMIN_TOKEN_FILE, DATABASE_FILE]
+        .iter()
+        .all(|name| fs::symlink_metadata(dir.join(name)).is_err());
+    if fresh
+        && let Ok(meta) = fs::symlink_metadata(dir)
+        && meta.is_dir()
+        && meta.uid() == rustix::process::geteuid().as_raw()
+        && meta.mode() & 0o022 == 0
+        && meta.mode() & 0o077 != 0
+    {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {}", dir.display()))?;
+        tracing::warn!(path = %dir.display(), "the new data directory was readable by others: changed its mode to 0700");
     }
     check_data_dir(dir)?;
     let db = dir.join(DATABASE_FILE);

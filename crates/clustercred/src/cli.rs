@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::iam::{policy, roles};
 use clustercred_api::{Caller, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock};
-use clustercred_store::{AuditEvent, AuditFilter, SqliteStore, Store, verify_chain};
+use clustercred_store::{
+    AuditEvent, AuditFilter, AuditPublicKey, SqliteStore, Store, verify_anchored,
+};
 
 use crate::bootstrap;
 
@@ -48,10 +50,28 @@ pub enum AuditCommand {
         #[arg(long)]
         limit: Option<u32>,
     },
-    /// Check the hash chain of the whole audit log; exits 1 naming the first broken event.
+    /// Check the hash chain of the whole audit log and every signed checkpoint of it (signature, on the
+    /// chain, chain not shorter than the newest); exits 1 naming what broke. On success, anchors the head
+    /// with a new checkpoint when the master key is at hand.
     Verify {
         #[command(flatten)]
         dir: DataDir,
+        /// Verify checkpoints with this public key (from `clustercred audit public-key`, kept elsewhere)
+        /// instead of the key in the database: catches a log rewritten and re-signed with a fresh key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// The master key, when not in the environment or the data directory.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Print the audit checkpoint key's public half (PEM); keep a copy away from the server for
+    /// `audit verify --public-key`.
+    PublicKey {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The master key, when not in the environment or the data directory.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
     },
 }
 
@@ -132,6 +152,7 @@ async fn open(dir: &Path) -> Result<Arc<SqliteStore>> {
             path.display()
         );
     }
+    bootstrap::check_data_dir(dir)?;
     Ok(Arc::new(
         SqliteStore::open(&path)
             .await
@@ -196,29 +217,111 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
             }
             Ok(())
         }
-        AuditCommand::Verify { dir } => {
+        AuditCommand::Verify {
+            dir,
+            public_key,
+            master_key_file,
+        } => {
+            verify(
+                &dir.data_dir,
+                public_key.as_deref(),
+                master_key_file.as_deref(),
+            )
+            .await
+        }
+        AuditCommand::PublicKey {
+            dir,
+            master_key_file,
+        } => {
             let store = open(&dir.data_dir).await?;
-            let events = store.list_audit(&AuditFilter::default()).await?;
-            match verify_chain(&events) {
-                Ok(()) => {
-                    let last = events
-                        .last()
-                        .map(|e| hex::encode(&e.hash))
-                        .unwrap_or_default();
-                    println!(
-                        "audit log intact: {} events, last hash {last}",
-                        events.len()
-                    );
-                    Ok(())
-                }
-                Err(broken) => bail!(
-                    "audit log broken at event {}: {}",
-                    broken.seq,
-                    broken.reason
-                ),
-            }
+            let master = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
+            let now = SystemClock.now().unix_timestamp();
+            let signer = bootstrap::audit_key(store.as_ref(), &master, now).await?;
+            print!("{}", signer.public_key().to_pem());
+            store.close().await;
+            Ok(())
         }
     }
+}
+
+/// `audit verify`: the chain, then the checkpoints against trusted keys. Trusted keys are, in order of
+/// strength: `--public-key`; the stored audit key opened with the master key (a key swapped in without the
+/// master key does not open); the public keys stored in the clear, with a warning.
+async fn verify(
+    dir: &Path,
+    public_key: Option<&Path>,
+    master_key_file: Option<&Path>,
+) -> Result<()> {
+    let store = open(dir).await?;
+    let master = bootstrap::existing_master_key(dir, master_key_file)?;
+    let mut signer = None;
+    let trusted = match public_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the audit public key {}", path.display()))?;
+            vec![AuditPublicKey::parse(&text).with_context(|| path.display().to_string())?]
+        }
+        None => {
+            let mut keys = Vec::new();
+            for record in store.audit_keys().await? {
+                match &master {
+                    Some(master) => {
+                        let s = bootstrap::open_audit_key(master, &record)?;
+                        keys.push(s.public_key().clone());
+                        signer.get_or_insert(s);
+                    }
+                    None => keys.push(
+                        AuditPublicKey::from_raw(&record.public_key)
+                            .with_context(|| format!("the stored audit key {}", record.kid))?,
+                    ),
+                }
+            }
+            if master.is_none() {
+                eprintln!(
+                    "warning: no master key at hand: checkpoints are checked against the public key stored in \
+                     the database; pass --public-key FILE (or the master key) for a check that does not trust it"
+                );
+            }
+            keys
+        }
+    };
+    // Checkpoints first: one written after the events were read would name events not yet read.
+    let checkpoints = store.checkpoints().await?;
+    let events = store.list_audit(&AuditFilter::default()).await?;
+    let report =
+        verify_anchored(&events, &checkpoints, &trusted).map_err(|b| anyhow::anyhow!("{b}"))?;
+    let last = events.last();
+    println!(
+        "audit log intact: {} events, last hash {}; {} checkpoints verified{}",
+        report.events,
+        last.map(|e| hex::encode(&e.hash)).unwrap_or_default(),
+        report.checkpoints,
+        report
+            .newest_checkpoint_seq
+            .map(|s| format!(" (newest vouches for event {s})"))
+            .unwrap_or_default()
+    );
+    // Anchor what was just verified, so a later truncation or rewrite of it is caught.
+    if let (Some(last), Some(master)) = (last, &master)
+        && report.newest_checkpoint_seq != Some(last.seq)
+    {
+        let signer = match signer {
+            Some(s) => s,
+            None => {
+                bootstrap::audit_key(store.as_ref(), master, SystemClock.now().unix_timestamp())
+                    .await?
+            }
+        };
+        if public_key.is_none() || trusted.contains(signer.public_key()) {
+            let now = i64::try_from(SystemClock.now().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+            let id = store
+                .append_checkpoint(&signer.checkpoint(last.seq, &last.hash, now))
+                .await?;
+            println!("wrote checkpoint {id} for event {}", last.seq);
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 fn policy_resource(project: &Option<String>) -> String {
@@ -449,6 +552,7 @@ pub async fn keys(command: KeysCommand) -> Result<()> {
     for key in store.sealed_keys().await? {
         let context = match key.kind.as_str() {
             "ca" => ca_key_context(&key.id),
+            "audit_key" => bootstrap::audit_key_context(&key.id),
             _ => signing_key_context(&key.id),
         };
         let plaintext = current.open(&key.sealed, &context).with_context(|| {
