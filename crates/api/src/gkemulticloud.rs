@@ -401,6 +401,7 @@ impl AttachedClusters for AttachedClustersService {
             .signer
             .mint(
                 &MintRequest {
+                    kind: clustercred_authority::TokenKind::Agent,
                     issuer: &self.ctx.settings.token_issuer,
                     subject: &verified.subject,
                     audience: &audience,

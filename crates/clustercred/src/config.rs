@@ -117,7 +117,11 @@ pub struct ServeConfig {
 
     /// Refused calls per second one address may make (and the burst) before it is refused without any
     /// authentication work.
-    #[arg(long, env = "CLUSTERCRED_FAILURES_PER_ADDRESS", default_value_t = 100.0)]
+    #[arg(
+        long,
+        env = "CLUSTERCRED_FAILURES_PER_ADDRESS",
+        default_value_t = 100.0
+    )]
     pub failures_per_address: f64,
     #[arg(
         long,
