@@ -41,6 +41,9 @@ pub struct ConnectionLimits {
 /// HTTP/2 pings unanswered for this long end the connection (the peer is gone).
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// After a connection is told to close, how long it may stay with nothing in flight.
+const WIND_DOWN_QUIET: Duration = Duration::from_secs(1);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open connections finish (bounded by
 /// `drain_timeout`).
 pub async fn serve(
@@ -185,10 +188,22 @@ async fn drive<I>(
         _ = stop.changed() => "server stopping",
     };
     tracing::debug!(peer = %peer, reason, "closing connection");
-    // HTTP/2 gets a GOAWAY, so a request crossing it is retried rather than lost; HTTP/1 closes between
-    // requests. Whatever is still in flight gets the drain time, then the connection is dropped.
+    // HTTP/2 gets a GOAWAY, so a request crossing it is served or retried rather than lost; HTTP/1 closes
+    // between requests. Requests in flight get the drain time. hyper then waits for the peer to acknowledge
+    // (HTTP/2) or finish its request head (HTTP/1): a peer that does neither is dropped once nothing has been
+    // in flight for a moment, so it cannot keep its slot.
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(limits.drain_timeout, conn).await;
+    let quiet = async {
+        tokio::time::sleep(WIND_DOWN_QUIET).await;
+        activity.idle_for(WIND_DOWN_QUIET).await;
+    };
+    let _ = tokio::time::timeout(limits.drain_timeout, async {
+        tokio::select! {
+            _ = conn => {}
+            () = quiet => {}
+        }
+    })
+    .await;
 }
 
 /// Requests in flight on one connection, and since when it has had none.
