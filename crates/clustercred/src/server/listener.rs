@@ -38,6 +38,9 @@ pub struct ConnectionLimits {
     pub drain_timeout: Duration,
 }
 
+/// Upper bound on `max_connections`, whatever is configured.
+const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
+
 /// HTTP/2 pings unanswered for this long end the connection (the peer is gone).
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -53,8 +56,8 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Permits are counted in u32 when the drain below takes all of them back.
-    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    // Far below the semaphore's own ceiling, and countable in u32 when the drain below takes them all back.
+    let max = limits.max_connections.clamp(1, MAX_CONNECTIONS_CEILING);
     let slots = Arc::new(Semaphore::new(max));
     let per_address = Arc::new(AddressCounts::default());
     let builder = Arc::new(http_builder(&limits));
@@ -124,7 +127,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain timeout; closing them");
+        tracing::warn!("connections still open after the drain timeout; stopping without them");
     }
     Ok(())
 }
