@@ -331,3 +331,41 @@ async fn slow_headers_are_cut_by_the_header_read_timeout_alone() {
     assert!(closed, "a request head that never ends must be cut off");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn tls_handshakes_that_never_finish_are_dropped_and_https_clients_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServeConfig::for_data_dir(dir.path().join("data"));
+    cfg.tls_auto = true;
+    cfg.tls_handshake_timeout_secs = 2;
+    // Far beyond BOUND: only the handshake deadline can close these in time.
+    cfg.idle_timeout_secs = 3600;
+    cfg.header_read_timeout_secs = 3600;
+    let s = TestServer::start_with(cfg).await;
+
+    // One says nothing; one sends the first bytes of a TLS record and stops.
+    let mut silent = TcpStream::connect(s.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(s.addr).await.expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+
+    let ca = std::fs::read(s.data_dir.join("tls-ca.pem")).expect("server CA");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("CA PEM")])
+        .timeout(BOUND)
+        .build()
+        .expect("client");
+    let resp = client
+        .get(format!("https://localhost:{}/healthz", s.addr.port()))
+        .send()
+        .await
+        .expect("HTTPS while handshakes hang");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    assert!(closed_by_server(&mut silent).await, "silent TLS connection");
+    assert!(closed_by_server(&mut partial).await, "partial ClientHello");
+    drop(client);
+    s.stop().await;
+}
