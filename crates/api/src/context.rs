@@ -79,19 +79,67 @@ impl Default for Settings {
     }
 }
 
+/// What kind of identity a principal is; each kind has its own member namespace, so no identity of one kind
+/// can ever equal one of another (a federated subject `admin` is not the local user `admin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A local user (bearer token issued by clustercred): member `user:ID`.
+    User,
+    /// One of our service accounts: member `serviceAccount:EMAIL`; `unique_id` is the account's numeric id,
+    /// which a recreated account of the same email does not share.
+    ServiceAccount { unique_id: String },
+    /// An identity of a trusted external OIDC issuer: member
+    /// `principal://clustercred/issuers/ISSUER/subject/ID`; `sets` are the `principalSet://` members it belongs
+    /// to (the issuer's whole set, and its groups).
+    Federated { issuer: String, sets: Vec<String> },
+    /// The operator running the `clustercred` CLI on the data directory: member `cli:NAME`, granted nothing.
+    Cli,
+}
+
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// The identity certificates and tokens name (e.g. `admin`).
+    /// The identity certificates and tokens name (e.g. `admin`, an email, a federated subject).
     pub id: String,
-    /// `user` or `serviceAccount`.
-    pub kind: String,
+    pub kind: PrincipalKind,
+    /// The OAuth scopes the credential was limited to; `None` when the credential carries no scopes.
+    pub scopes: Option<Vec<String>>,
 }
 
+/// The host part of federated member names (`principal://clustercred/...`).
+pub const FEDERATED_NAMESPACE: &str = "clustercred";
+
 impl Principal {
-    /// The IAM member string: `user:admin`, `serviceAccount:EMAIL`.
+    pub fn user(id: impl Into<String>) -> Self {
+        Principal {
+            id: id.into(),
+            kind: PrincipalKind::User,
+            scopes: None,
+        }
+    }
+
+    /// The IAM member string: `user:admin`, `serviceAccount:EMAIL`, `principal://clustercred/issuers/I/subject/S`.
     pub fn member(&self) -> String {
-        format!("{}:{}", self.kind, self.id)
+        match &self.kind {
+            PrincipalKind::User => format!("user:{}", self.id),
+            PrincipalKind::ServiceAccount { .. } => format!("serviceAccount:{}", self.id),
+            PrincipalKind::Federated { issuer, .. } => {
+                format!(
+                    "principal://{FEDERATED_NAMESPACE}/issuers/{issuer}/subject/{}",
+                    self.id
+                )
+            }
+            PrincipalKind::Cli => format!("cli:{}", self.id),
+        }
+    }
+
+    /// Every member string a policy binding may name to grant this principal something.
+    pub fn members(&self) -> Vec<String> {
+        let mut members = vec![self.member()];
+        if let PrincipalKind::Federated { sets, .. } = &self.kind {
+            members.extend(sets.iter().cloned());
+        }
+        members
     }
 }
 

@@ -113,6 +113,12 @@ impl Gate {
                 return Err(status);
             }
         };
+        if let Err(status) = crate::iam::access::check_scopes(&principal, &method) {
+            self.ctx
+                .refused(&principal.member(), &meta, &permissions, "", &status)
+                .await;
+            return Err(status);
+        }
 
         let body = self.read_body(body).await?;
         let resource = match rule.resource() {

@@ -323,44 +323,35 @@ impl AttachedClusters for AttachedClustersService {
             accepted_audiences: accepted.clone(),
             leeway: self.ctx.settings.token_leeway,
         };
-        let cluster: pb::AttachedCluster = match self.ctx.load(KIND, LABEL, &name_s).await {
-            Ok(c) => c,
-            // An anonymous caller must not learn which clusters exist: answer as a token whose key is not
-            // among the cluster's (after the same structural checks an existing cluster's path makes).
+        // An anonymous caller must not learn which clusters exist, nor which lack keys: a missing cluster and
+        // one without a registered JWKS answer exactly as a token whose key is not among the cluster's.
+        let (jwks, issuer) = match self
+            .ctx
+            .load::<pb::AttachedCluster>(KIND, LABEL, &name_s)
+            .await
+        {
+            Ok(cluster) => {
+                let oidc = cluster.oidc_config.unwrap_or_default();
+                if oidc.jwks.is_empty() {
+                    tracing::warn!(cluster = %name_s, "agent token refused: the attached cluster has no JWKS \
+                        registered (oidc_config.jwks); clustercred does not fetch keys from the issuer");
+                    (Jwks::default(), String::new())
+                } else {
+                    let jwks = Jwks::parse(&oidc.jwks)
+                        .map_err(|e| crate::errors::internal("parsing a stored JWKS", e))?;
+                    (jwks, oidc.issuer_url)
+                }
+            }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                let err = verify_service_account_token(
-                    &req.subject_token,
-                    &Jwks::default(),
-                    &policy,
-                    self.ctx.now(),
-                )
-                .err()
-                .unwrap_or(clustercred_authority::TokenError::UnknownKeyId);
-                let status = from_token("subject_token", err);
-                self.ctx
-                    .refused("anonymous", &meta, "", &name_s, &status)
-                    .await;
-                return Err(status);
+                (Jwks::default(), String::new())
             }
             Err(status) => return Err(status),
         };
-        let oidc = cluster.oidc_config.unwrap_or_default();
-        if oidc.jwks.is_empty() {
-            return Err(Status::failed_precondition(
-                "the attached cluster has no JWKS registered (oidc_config.jwks); clustercred does not fetch keys \
-                 from the issuer",
-            ));
-        }
-        let jwks = Jwks::parse(&oidc.jwks)
-            .map_err(|e| crate::errors::internal("parsing a stored JWKS", e))?;
         let now = self.ctx.now();
         let verified = verify_service_account_token(
             &req.subject_token,
             &jwks,
-            &SubjectTokenPolicy {
-                issuer: oidc.issuer_url.clone(),
-                ..policy
-            },
+            &SubjectTokenPolicy { issuer, ..policy },
             now,
         );
         let verified = match verified {
@@ -401,6 +392,7 @@ impl AttachedClusters for AttachedClustersService {
             .signer
             .mint(
                 &MintRequest {
+                    kind: clustercred_authority::TokenKind::Agent,
                     issuer: &self.ctx.settings.token_issuer,
                     subject: &verified.subject,
                     audience: &audience,

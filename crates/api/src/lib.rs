@@ -17,5 +17,6 @@ pub mod operations;
 pub mod refusals;
 
 pub use context::{
-    AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock,
+    AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, PrincipalKind, RequestMeta,
+    Settings, SystemClock,
 };

@@ -274,6 +274,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_rsa_permit_stays_with_the_generation_when_the_caller_goes_away() {
+        let limits = Limits::new(&LimitSettings {
+            max_concurrent_rsa_keygen: 1,
+            ..Default::default()
+        });
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let permit = limits.rsa_keygen().unwrap();
+        // What the handler does: the permit moves into the blocking task, and the caller's future is dropped
+        // (the client cancelled) while the generation still runs.
+        let generation = tokio::task::spawn_blocking(move || {
+            let _ = wait.recv();
+            drop(permit);
+        });
+        drop(generation);
+        assert_eq!(
+            limits.rsa_keygen().unwrap_err().code(),
+            Code::ResourceExhausted,
+            "the slot is still taken by the running generation"
+        );
+        release.send(()).unwrap();
+        for _ in 0..1000 {
+            if limits.rsa_keygen().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the slot came back once the generation ended");
+    }
+
     #[test]
     fn permits_are_refused_not_queued() {
         let limits = Limits::new(&LimitSettings {

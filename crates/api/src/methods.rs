@@ -331,6 +331,22 @@ const IAM: &[(&str, MethodRule)] = &[
         "DeleteServiceAccountKey",
         write(&["iam.serviceAccountKeys.delete"], Field("name")),
     ),
+    (
+        "DisableServiceAccountKey",
+        write(&["iam.serviceAccountKeys.disable"], Field("name")),
+    ),
+    (
+        "EnableServiceAccountKey",
+        write(&["iam.serviceAccountKeys.enable"], Field("name")),
+    ),
+    (
+        "DisableServiceAccount",
+        write(&["iam.serviceAccounts.disable"], Field("name")),
+    ),
+    (
+        "EnableServiceAccount",
+        write(&["iam.serviceAccounts.enable"], Field("name")),
+    ),
 ];
 
 impl MethodTable {

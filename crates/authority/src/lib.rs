@@ -17,8 +17,8 @@ pub use keys::{
 pub use keywrap::{MASTER_KEY_LEN, MasterKey};
 pub use token::{
     Jwks, JwksError, MintRequest, MintedToken, SubjectTokenPolicy, TokenError, TokenErrorKind,
-    TokenSigner, VerifiedServiceAccount, claim_time, jwks_document, peek_jwt, verify_jwt,
-    verify_service_account_token,
+    TokenKind, TokenSigner, VerifiedServiceAccount, claim_time, jwks_document, peek_jwt,
+    verify_jwt, verify_service_account_token,
 };
 
 /// 128 random bits, positive as a DER INTEGER (RFC 5280 allows up to 20 octets; CAs must use at least 64

@@ -254,6 +254,8 @@ pub enum TokenError {
     WrongIssuer,
     #[error("token audience is not an accepted one")]
     WrongAudience,
+    #[error("token is not of the kind expected here (an ID token is not an access token)")]
+    WrongTokenKind,
     #[error(
         "token subject is not a Kubernetes service account (system:serviceaccount:<namespace>:<name>)"
     )]
@@ -587,7 +589,37 @@ pub fn verify_service_account_token(
     })
 }
 
+/// What a token minted by clustercred is for, carried in its `token_use` claim (and the `typ` header: RFC 9068
+/// `at+jwt` for access tokens), so one kind is never accepted where another is expected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Access to clustercred's own APIs (token endpoint, for a service account).
+    Access,
+    /// An OpenID Connect ID token for another audience.
+    Id,
+    /// An attached cluster's agent access token (token exchange).
+    Agent,
+}
+
+impl TokenKind {
+    pub fn claim(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Id => "id",
+            TokenKind::Agent => "agent",
+        }
+    }
+
+    fn typ(self) -> &'static str {
+        match self {
+            TokenKind::Access | TokenKind::Agent => "at+jwt",
+            TokenKind::Id => "JWT",
+        }
+    }
+}
+
 pub struct MintRequest<'a> {
+    pub kind: TokenKind,
     pub issuer: &'a str,
     pub subject: &'a str,
     pub audience: &'a str,
@@ -691,6 +723,7 @@ impl TokenSigner {
             ("nbf", Value::from(now.unix_timestamp())),
             ("exp", Value::from(expires_at.unix_timestamp())),
             ("jti", Value::from(token_id.clone())),
+            ("token_use", Value::from(req.kind.claim())),
         ];
         for (k, v) in standard {
             claims.insert(k.into(), v);
@@ -700,6 +733,7 @@ impl TokenSigner {
         }
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
+        header.typ = Some(req.kind.typ().into());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| AuthorityError::Signing(e.to_string()))?;
         Ok(MintedToken {
@@ -709,10 +743,11 @@ impl TokenSigner {
         })
     }
 
-    /// Verifies a token this signer minted for `audience`.
+    /// Verifies a token of `kind` this signer minted for `audience`.
     pub fn verify(
         &self,
         token: &str,
+        kind: TokenKind,
         issuer: &str,
         audience: &str,
         now: OffsetDateTime,
@@ -729,6 +764,9 @@ impl TokenSigner {
         }
         if claims.get("aud").and_then(Value::as_str) != Some(audience) {
             return Err(TokenError::WrongAudience);
+        }
+        if claims.get("token_use").and_then(Value::as_str) != Some(kind.claim()) {
+            return Err(TokenError::WrongTokenKind);
         }
         Ok(claims)
     }

@@ -4,8 +4,8 @@ use ::time::{Duration, OffsetDateTime, macros::datetime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clustercred_authority::{
-    Jwks, JwksError, MintRequest, SubjectTokenPolicy, TokenError, TokenErrorKind, TokenSigner,
-    verify_service_account_token,
+    Jwks, JwksError, MintRequest, SubjectTokenPolicy, TokenError, TokenErrorKind, TokenKind,
+    TokenSigner, verify_service_account_token,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -353,6 +353,7 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
     let reloaded = TokenSigner::from_pkcs8(&der).unwrap();
     assert_eq!(signer.kid(), reloaded.kid());
     let req = MintRequest {
+        kind: TokenKind::Agent,
         issuer: "https://cc.example",
         subject: "system:serviceaccount:a:b",
         audience: AUD,
@@ -366,7 +367,13 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
     let minted = signer.mint(&req, NOW).unwrap();
     assert_eq!(minted.expires_at, NOW + Duration::hours(1));
     let claims = reloaded
-        .verify(&minted.token, "https://cc.example", AUD, NOW)
+        .verify(
+            &minted.token,
+            TokenKind::Agent,
+            "https://cc.example",
+            AUD,
+            NOW,
+        )
         .expect("verifies");
     assert_eq!(claims["jti"], json!(minted.token_id));
     assert_eq!(
@@ -380,6 +387,7 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
     assert_eq!(
         reloaded.verify(
             &minted.token,
+            TokenKind::Agent,
             "https://cc.example",
             AUD,
             NOW + Duration::hours(1)
@@ -387,17 +395,36 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
         Err(TokenError::Expired)
     );
     assert_eq!(
-        reloaded.verify(&minted.token, "https://other", AUD, NOW),
+        reloaded.verify(&minted.token, TokenKind::Agent, "https://other", AUD, NOW),
         Err(TokenError::WrongIssuer)
     );
     assert_eq!(
-        reloaded.verify(&minted.token, "https://cc.example", "x", NOW),
+        reloaded.verify(
+            &minted.token,
+            TokenKind::Agent,
+            "https://cc.example",
+            "x",
+            NOW
+        ),
         Err(TokenError::WrongAudience)
     );
+    // An agent token is not a clustercred access token, nor an ID token.
+    for other in [TokenKind::Access, TokenKind::Id] {
+        assert_eq!(
+            reloaded.verify(&minted.token, other, "https://cc.example", AUD, NOW),
+            Err(TokenError::WrongTokenKind)
+        );
+    }
     let (stranger, _) = TokenSigner::generate().unwrap();
     assert!(
         stranger
-            .verify(&minted.token, "https://cc.example", AUD, NOW)
+            .verify(
+                &minted.token,
+                TokenKind::Agent,
+                "https://cc.example",
+                AUD,
+                NOW
+            )
             .is_err()
     );
     let doc = clustercred_authority::jwks_document(&[&signer]);
@@ -719,6 +746,7 @@ fn jwks_keys_are_checked_when_registered() {
 fn minting_refuses_lifetimes_it_cannot_represent() {
     let (signer, _) = TokenSigner::generate().unwrap();
     let req = |lifetime| MintRequest {
+        kind: TokenKind::Access,
         issuer: "https://cc.example",
         subject: "s",
         audience: AUD,
@@ -737,7 +765,13 @@ fn minting_refuses_lifetimes_it_cannot_represent() {
     // Extra claims never override the standard ones.
     let minted = signer.mint(&req(Duration::minutes(5)), NOW).unwrap();
     let claims = signer
-        .verify(&minted.token, "https://cc.example", AUD, NOW)
+        .verify(
+            &minted.token,
+            TokenKind::Access,
+            "https://cc.example",
+            AUD,
+            NOW,
+        )
         .unwrap();
     assert_eq!(claims["iss"], json!("https://cc.example"));
     let header: Value =
@@ -745,6 +779,7 @@ fn minting_refuses_lifetimes_it_cannot_represent() {
             .unwrap();
     assert_eq!(
         header,
-        json!({"alg": "ES256", "typ": "JWT", "kid": signer.kid()})
+        json!({"alg": "ES256", "typ": "at+jwt", "kid": signer.kid()})
     );
+    assert_eq!(claims["token_use"], json!("access"));
 }

@@ -172,7 +172,12 @@ pub async fn admin(store: &dyn Store, dir: &Path, now_unix: i64) -> Result<PathB
         })
         .await?;
     store
-        .put_bearer_token(&Sha256::digest(token.as_bytes()), ADMIN_PRINCIPAL, now_unix)
+        .put_bearer_token(
+            &Sha256::digest(token.as_bytes()),
+            ADMIN_PRINCIPAL,
+            now_unix,
+            None,
+        )
         .await?;
     tracing::info!(path = %path.display(), "created the administrator; its bearer token is in this file");
     Ok(path)

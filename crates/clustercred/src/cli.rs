@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::iam::{policy, roles};
-use clustercred_api::{Caller, Clock, Ctx, Principal, RequestMeta, Settings, SystemClock};
+use clustercred_api::{
+    Caller, Clock, Ctx, Principal, PrincipalKind, RequestMeta, Settings, SystemClock,
+};
 use clustercred_store::{
     AuditEvent, AuditFilter, AuditPublicKey, SqliteStore, Store, verify_anchored,
 };
@@ -118,6 +120,16 @@ pub enum IamCommand {
         id: String,
         #[arg(long)]
         token_file: PathBuf,
+        /// The token stops working this many seconds after it is made (default: until revoked).
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
+    /// Revoke every bearer token of a user at once (issue a new one with `create-user`).
+    RevokeTokens {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        id: String,
     },
     /// Create a service account, and with `--key-file` a key file for it (mode 0600).
     CreateServiceAccount {
@@ -378,7 +390,17 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             dir,
             id,
             token_file,
+            expires_in_secs,
         } => {
+            let expires = expires_in_secs
+                .map(|s| {
+                    i64::try_from(s)
+                        .ok()
+                        .and_then(|s| now.checked_add(s))
+                        .filter(|_| s > 0)
+                        .context("--expires-in-secs must be between 1 and 2^63 - now")
+                })
+                .transpose()?;
             if id.is_empty()
                 || id.len() > 128
                 || !id
@@ -400,7 +422,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                 .await?;
             use sha2::Digest;
             store
-                .put_bearer_token(&sha2::Sha256::digest(token.as_bytes()), &id, now)
+                .put_bearer_token(&sha2::Sha256::digest(token.as_bytes()), &id, now, expires)
                 .await?;
             store
                 .append_audit(&cli_event(
@@ -413,6 +435,17 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                 "created user:{id}; its bearer token is in {} (grant roles with `clustercred iam add-binding`)",
                 token_file.display()
             );
+            Ok(())
+        }
+        IamCommand::RevokeTokens { dir, id } => {
+            let store = open(&dir.data_dir).await?;
+            let event = cli_event(
+                &format!("user:{id}"),
+                "revoke-tokens",
+                "revoked every bearer token".into(),
+            );
+            let revoked = store.revoke_bearer_tokens(&id, Some(&event)).await?;
+            println!("revoked {revoked} bearer token(s) of user:{id}");
             Ok(())
         }
         IamCommand::CreateServiceAccount {
@@ -447,7 +480,8 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             let caller = Caller {
                 principal: Principal {
                     id: operator(),
-                    kind: "cli".into(),
+                    kind: PrincipalKind::Cli,
+                    scopes: None,
                 },
                 meta: RequestMeta {
                     method: "cli/create-service-account".into(),

@@ -7,6 +7,8 @@ use clap::{Args, ValueEnum};
 use clustercred_api::Settings;
 use clustercred_authority::GeneratedKeyAlgorithm;
 
+use crate::server::ConnectionLimits;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OfflineKeyAlgorithm {
     EcdsaP256,
@@ -164,6 +166,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Connections served at once; beyond it a new connection is accepted and closed at once.
+    #[arg(long, env = "CLUSTERCRED_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections from one client address (IPv6: its /64); 0 turns the cap off (behind a load balancer).
+    #[arg(
+        long,
+        env = "CLUSTERCRED_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_address: usize,
+    /// Time a client has to send an HTTP/1 request's headers (also the longest quiet time between two
+    /// requests on an HTTP/1 keep-alive connection).
+    #[arg(long, env = "CLUSTERCRED_HEADER_READ_TIMEOUT", default_value_t = 20)]
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/2 after a GOAWAY).
+    #[arg(long, env = "CLUSTERCRED_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Time a client has to finish its TLS handshake.
+    #[arg(long, env = "CLUSTERCRED_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub tls_handshake_timeout_secs: u64,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -209,7 +232,25 @@ impl ServeConfig {
             max_concurrent_signing: 64,
             max_request_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_address: 1024,
+            header_read_timeout_secs: 20,
+            idle_timeout_secs: 60,
+            tls_handshake_timeout_secs: 10,
             log_format: LogFormat::Text,
+        }
+    }
+
+    /// The limits of the accept loop; every timeout is at least a second.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            max_per_address: self.max_connections_per_address,
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            tls_handshake_timeout: secs(self.tls_handshake_timeout_secs),
+            drain_timeout: secs(self.request_timeout_secs),
         }
     }
 

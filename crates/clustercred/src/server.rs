@@ -29,6 +29,9 @@ use tokio::net::TcpListener;
 use crate::bootstrap;
 use crate::config::ServeConfig;
 
+mod listener;
+pub use listener::ConnectionLimits;
+
 /// A bound, ready server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -39,6 +42,7 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
+    limits: ConnectionLimits,
     store: Arc<SqliteStore>,
     ctx: Arc<Ctx>,
 }
@@ -210,6 +214,7 @@ impl Server {
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
         });
+        let request_timeout = std::time::Duration::from_secs(config.request_timeout_secs.max(1));
         let extra = axum::Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -222,6 +227,14 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/openapi.json", get(move || async move { Json(openapi) }))
             .route("/oauth2/token", post(token_endpoint))
+            // These routes are not behind the gateway's deadline below: give them the same one.
+            .route_layer(axum::middleware::from_fn_with_state(
+                RouteDeadline {
+                    limit: request_timeout,
+                    pool: pool.clone(),
+                },
+                route_deadline,
+            ))
             .with_state(ctx.clone());
         // Every gRPC and transcoded REST call passes the access gate; a served method without a rule in the
         // access table stops the start here.
@@ -236,7 +249,7 @@ impl Server {
             gate.layer(routes.prepare()),
             gateway.with_body_limit(config.max_request_bytes),
             extra,
-            std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
+            request_timeout,
         )
         .layer(axum::middleware::map_request(client_address));
         Ok(Server {
@@ -247,6 +260,7 @@ impl Server {
             listener,
             tls,
             app,
+            limits: config.connection_limits(),
             store,
             ctx,
         })
@@ -289,12 +303,8 @@ impl Server {
                 anchor_head(&ctx, &head).await;
             }
         });
-        let result = match self.tls {
-            Some(acceptor) => {
-                clustercred_transport::serve_tls(self.listener, self.app, acceptor, shutdown).await
-            }
-            None => clustercred_transport::serve(self.listener, self.app, shutdown).await,
-        };
+        let result =
+            listener::serve(self.listener, self.app, self.tls, self.limits, shutdown).await;
         purge.abort();
         refusals.abort();
         anchoring.abort();
@@ -318,6 +328,45 @@ async fn client_address(mut req: axum::extract::Request) -> axum::extract::Reque
         req.extensions_mut().insert(ClientAddress(addr));
     }
     req
+}
+
+#[derive(Clone)]
+struct RouteDeadline {
+    limit: std::time::Duration,
+    pool: prost_reflect::DescriptorPool,
+}
+
+/// The request deadline for the routes outside the gateway (token endpoint, discovery, health), body reading
+/// included. Past it the work is dropped and the client gets 503 in OAuth's error shape on the token
+/// endpoint (what OAuth clients parse), 504 in Google's error shape elsewhere.
+async fn route_deadline(
+    State(deadline): State<RouteDeadline>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token_endpoint = req.uri().path() == "/oauth2/token";
+    match tokio::time::timeout(deadline.limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) if token_endpoint => {
+            let mut response = (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": "the request took too long",
+                })),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Err(_) => clustercred_transport::status_to_http(
+            &tonic::Status::deadline_exceeded("the request took too long"),
+            &deadline.pool,
+        ),
+    }
 }
 
 /// `POST /oauth2/token`: the JWT-bearer grant for service-account key files.

@@ -665,6 +665,39 @@ async fn agent_tokens_are_exchanged_for_valid_service_account_tokens_only() {
             .code(),
         Code::InvalidArgument
     );
+
+    // The agent's access token is for the cluster's workloads, not a bearer token for clustercred's APIs.
+    let mut as_agent = gke::attached_clusters_client::AttachedClustersClient::with_interceptor(
+        s.channel().await,
+        Auth(Some(format!("Bearer {}", resp.access_token))),
+    );
+    let err = as_agent
+        .get_attached_cluster(gke::GetAttachedClusterRequest {
+            name: format!("{LOCATION}/attachedClusters/att1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Whether a cluster exists, or has keys registered, is not told to an anonymous caller: a missing cluster
+    // and one without a JWKS answer exactly like a cluster whose keys do not include the token's.
+    c.create_attached_cluster(create(Vec::new(), "att2", "1.30.0-gke.1"))
+        .await
+        .expect("create without a JWKS");
+    let stranger = sa_token(&other, "zz", good.clone());
+    let mut answers = Vec::new();
+    for cluster in ["att1", "att2", "missing"] {
+        let mut req = exchange(stranger.clone());
+        req.attached_cluster = format!("{LOCATION}/attachedClusters/{cluster}");
+        let err = anon
+            .generate_attached_cluster_agent_token(req)
+            .await
+            .unwrap_err();
+        answers.push((err.code(), err.message().to_string()));
+    }
+    assert_eq!(answers[0].0, Code::Unauthenticated);
+    assert_eq!(answers[0], answers[1], "no-JWKS cluster");
+    assert_eq!(answers[0], answers[2], "missing cluster");
     s.stop().await;
 }
 

@@ -62,6 +62,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ResourceRecord>>;
 
+    /// Replaces the data of an existing resource, with its audit event, atomically. `NotFound` if it does not
+    /// exist.
+    async fn update_resource(
+        &self,
+        resource: &ResourceRecord,
+        audit: Option<&AuditEvent>,
+    ) -> Result<()>;
+
     /// Deletes a resource, its CA and every resource whose name lies below it, and records the operation,
     /// atomically. `NotFound` if it does not exist.
     async fn delete_resource(
@@ -115,17 +123,32 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_principal(&self, principal: &PrincipalRecord) -> Result<()>;
     async fn get_principal(&self, id: &str) -> Result<Option<PrincipalRecord>>;
-    /// Registers a bearer token by its SHA-256 digest (the token itself is never stored).
+    /// Registers a bearer token by its SHA-256 digest (the token itself is never stored), valid until
+    /// `expires_unix` when given.
     async fn put_bearer_token(
         &self,
         token_sha256: &[u8],
         principal_id: &str,
         created_unix: i64,
+        expires_unix: Option<i64>,
     ) -> Result<()>;
-    async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>>;
+    /// The principal of a bearer token that has not expired at `now_unix`.
+    async fn principal_for_bearer(
+        &self,
+        token_sha256: &[u8],
+        now_unix: i64,
+    ) -> Result<Option<PrincipalRecord>>;
+    /// Revokes every bearer token of a principal; returns how many there were.
+    async fn revoke_bearer_tokens(
+        &self,
+        principal_id: &str,
+        audit: Option<&AuditEvent>,
+    ) -> Result<u64>;
 
     /// The IAM policy of a resource (a project, or the server-wide root).
     async fn get_policy(&self, resource: &str) -> Result<Option<PolicyRecord>>;
+    /// Every stored policy (to rewrite the bindings of a deleted service account).
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>>;
     /// Replaces a policy if its stored etag is still `expected_etag` (`None`: whatever is stored), with the
     /// audit event, atomically. `Conflict` when someone else changed it first.
     async fn set_policy(

@@ -1,44 +1,72 @@
 //! Authentication of bearer tokens and authorization against IAM policies.
 //!
-//! Accepted bearer tokens: the opaque administrator token (stored as a SHA-256 digest); access tokens
-//! clustercred minted at its token endpoint (ES256, our key); and service-account JWTs self-signed with a
-//! service-account key, as Google's client libraries send them (RS256, `kid` = key id, `iss` = `sub` = email,
-//! `aud` the API's `https://<api>.googleapis.com/` or a `scope` claim, lifetime at most an hour).
+//! Each kind of credential has its own [`Authenticator`]; [`IamAccess`] hands a presented credential to the
+//! first one that claims it (by its shape, before any verification), and that one alone decides. Accepted
+//! today: opaque user tokens (stored as SHA-256 digests, optionally expiring); access tokens clustercred minted
+//! at its token endpoint (ES256, our key, `token_use` = access, bound to the account's unique id);
+//! service-account JWTs self-signed with a service-account key, as Google's client libraries send them; and
+//! tokens of trusted external OIDC issuers (federated principals). A client certificate or a console session
+//! is one more implementation of the trait.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use clustercred_authority::{
-    ClientPublicKey, Jwks, TokenError, TokenSigner, claim_time, peek_jwt, verify_jwt,
-};
-use clustercred_proto::google::iam::admin::v1::{ServiceAccount, ServiceAccountKey};
+use clustercred_authority::{TokenError, TokenKind, TokenSigner, claim_time, peek_jwt, verify_jwt};
 use clustercred_store::Store;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use super::project_of_email;
-use crate::context::{AccessControl, Clock, Principal};
-use crate::errors::{from_store, internal, with_reason};
+use crate::context::{AccessControl, Clock, Principal, PrincipalKind};
+use crate::errors::{from_store, with_reason};
 
-const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
 const MAX_SELF_SIGNED_LIFETIME: i64 = 3600;
-
-pub struct IamAccess {
-    oidc: Option<super::oidc::OidcVerifier>,
-    store: Arc<dyn Store>,
-    signer: Arc<TokenSigner>,
-    clock: Arc<dyn Clock>,
-    issuer: String,
-    leeway: Duration,
-}
 
 fn unauthenticated(message: impl Into<String>) -> Status {
     with_reason(Code::Unauthenticated, "ACCESS_TOKEN_INVALID", message)
 }
 
+fn token_error(e: TokenError) -> Status {
+    unauthenticated(format!("invalid bearer token: {e}"))
+}
+
+/// A credential as presented, with what can be read from it before anything is verified.
+pub struct Presented<'a> {
+    pub token: &'a str,
+    /// For a JWT: its `kid` header and its (unverified) claims.
+    pub jwt: Option<(Option<String>, Map<String, Value>)>,
+}
+
+impl Presented<'_> {
+    fn unverified_issuer(&self) -> Option<&str> {
+        self.jwt.as_ref()?.1.get("iss")?.as_str()
+    }
+
+    fn kid(&self) -> Option<&str> {
+        self.jwt.as_ref()?.0.as_deref()
+    }
+}
+
+/// One kind of credential.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Whether this kind of credential is the presented one (judged from its shape only).
+    fn claims(&self, presented: &Presented<'_>) -> bool;
+    /// Verifies the credential and names its principal.
+    async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Principal, Status>;
+}
+
+/// The `Authorization: Bearer` token of a request.
 fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     let value = metadata.get("authorization").ok_or_else(|| {
         unauthenticated("request is missing the authorization header (Bearer token)")
@@ -60,87 +88,137 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     Ok(token)
 }
 
-fn token_error(e: TokenError) -> Status {
-    unauthenticated(format!("invalid bearer token: {e}"))
+/// The service account behind `email`, if it exists and is enabled.
+async fn enabled_account(
+    store: &dyn Store,
+    email: &str,
+) -> Result<clustercred_proto::google::iam::admin::v1::ServiceAccount, Status> {
+    let account = super::accounts::stored_account(store, email)
+        .await?
+        .ok_or_else(|| unauthenticated("unknown service account"))?;
+    if account.disabled {
+        return Err(unauthenticated("the service account is disabled"));
+    }
+    Ok(account)
 }
 
-impl IamAccess {
-    pub fn new(
-        store: Arc<dyn Store>,
-        signer: Arc<TokenSigner>,
-        clock: Arc<dyn Clock>,
-        issuer: String,
-        leeway: Duration,
-    ) -> Self {
-        IamAccess {
-            oidc: None,
-            store,
-            signer,
-            clock,
-            issuer,
-            leeway,
-        }
+fn scopes_of(claims: &Map<String, Value>) -> Option<Vec<String>> {
+    claims.get("scope").and_then(Value::as_str).map(|s| {
+        s.split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// Opaque bearer tokens of local users (and the bootstrap administrator).
+pub struct OpaqueTokens {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Authenticator for OpaqueTokens {
+    fn claims(&self, presented: &Presented<'_>) -> bool {
+        presented.jwt.is_none()
     }
 
-    /// Also trusts tokens of these external OIDC issuers.
-    pub fn with_oidc(mut self, oidc: super::oidc::OidcVerifier) -> Self {
-        self.oidc = Some(oidc);
-        self
-    }
-
-    /// The service account behind `email`, if it exists and is enabled.
-    async fn service_account(&self, email: &str) -> Result<ServiceAccount, Status> {
-        let account = super::service_accounts::stored_account(self.store.as_ref(), email)
-            .await?
-            .ok_or_else(|| unauthenticated("unknown service account"))?;
-        if account.disabled {
-            return Err(unauthenticated("the service account is disabled"));
-        }
-        Ok(account)
-    }
-
-    async fn opaque(&self, token: &str) -> Result<Principal, Status> {
-        let digest = Sha256::digest(token.as_bytes());
-        let principal = self
+    async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Principal, Status> {
+        let digest = Sha256::digest(presented.token.as_bytes());
+        let record = self
             .store
-            .principal_for_bearer(&digest)
+            .principal_for_bearer(&digest, now.unix_timestamp())
             .await
             .map_err(|e| from_store("authenticating the caller", e))?
             .ok_or_else(|| unauthenticated("invalid bearer token"))?;
-        Ok(Principal {
-            id: principal.id,
-            kind: principal.kind,
-        })
+        if record.kind != "user" {
+            return Err(unauthenticated("invalid bearer token"));
+        }
+        Ok(Principal::user(record.id))
+    }
+}
+
+/// Access tokens our token endpoint minted for a service account.
+pub struct MintedTokens {
+    store: Arc<dyn Store>,
+    signer: Arc<TokenSigner>,
+    issuer: String,
+}
+
+#[async_trait]
+impl Authenticator for MintedTokens {
+    fn claims(&self, presented: &Presented<'_>) -> bool {
+        presented.kid() == Some(self.signer.kid())
     }
 
-    /// A token minted by our token endpoint for a service account.
-    async fn minted(&self, token: &str, now: OffsetDateTime) -> Result<Principal, Status> {
+    async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Principal, Status> {
+        // Only access tokens: an ID token or an agent token signed by the same key is refused here.
         let claims = self
             .signer
-            .verify(token, &self.issuer, &self.issuer, now)
+            .verify(
+                presented.token,
+                TokenKind::Access,
+                &self.issuer,
+                &self.issuer,
+                now,
+            )
             .map_err(token_error)?;
         let email = claims
             .get("sub")
             .and_then(Value::as_str)
             .ok_or_else(|| unauthenticated("token has no subject"))?;
-        self.service_account(email).await?;
+        let account = enabled_account(self.store.as_ref(), email).await?;
+        // A token of a deleted account does not come back with a new account of the same email.
+        if claims.get("uid").and_then(Value::as_str) != Some(account.unique_id.as_str()) {
+            return Err(unauthenticated(
+                "invalid bearer token: it was issued to a service account that no longer exists",
+            ));
+        }
         Ok(Principal {
             id: email.to_string(),
-            kind: "serviceAccount".into(),
+            kind: PrincipalKind::ServiceAccount {
+                unique_id: account.unique_id,
+            },
+            scopes: Some(scopes_of(&claims).unwrap_or_default()),
         })
     }
+}
 
-    /// A JWT a client library signed itself with a service-account key.
-    async fn self_signed(
+/// JWTs a client library signed itself with a service-account key.
+pub struct SelfSignedJwts {
+    store: Arc<dyn Store>,
+    issuer: String,
+    leeway: Duration,
+}
+
+#[async_trait]
+impl Authenticator for SelfSignedJwts {
+    fn claims(&self, presented: &Presented<'_>) -> bool {
+        presented.kid().is_some()
+            && presented
+                .unverified_issuer()
+                .is_some_and(|i| project_of_email(i).is_some())
+    }
+
+    async fn authenticate(
         &self,
-        token: &str,
-        kid: &str,
-        email: &str,
+        presented: &Presented<'_>,
         now: OffsetDateTime,
     ) -> Result<Principal, Status> {
-        self.service_account(email).await?;
-        let jwks = super::service_accounts::key_set(self.store.as_ref(), email, Some(kid)).await?;
-        let claims = verify_jwt(token, &jwks, now, self.leeway).map_err(token_error)?;
+        let (Some(email), Some(kid)) = (presented.unverified_issuer(), presented.kid()) else {
+            return Err(unauthenticated("bearer token is not from a trusted issuer"));
+        };
+        let account = enabled_account(self.store.as_ref(), email).await?;
+        // Keys live under the account and go with it, so a key set is the current account's.
+        let jwks = super::accounts::key_set(self.store.as_ref(), email, Some(kid)).await?;
+        let claims = verify_jwt(presented.token, &jwks, now, self.leeway).map_err(token_error)?;
         if claims.get("iss").and_then(Value::as_str) != Some(email)
             || claims.get("sub").and_then(Value::as_str) != Some(email)
         {
@@ -167,24 +245,46 @@ impl IamAccess {
                 .any(|a| acceptable_audience(a, &self.issuer)),
             _ => false,
         };
-        let scope_ok = claims
-            .get("scope")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.split(' ').any(|scope| scope == CLOUD_PLATFORM));
-        if !audience_ok && !scope_ok {
+        let scopes = scopes_of(&claims);
+        if !audience_ok && scopes.is_none() {
             return Err(unauthenticated(
-                "token audience is not a clustercred API (nor does its scope cover cloud-platform)",
+                "token audience is not a clustercred API and it carries no scope",
             ));
         }
         Ok(Principal {
             id: email.to_string(),
-            kind: "serviceAccount".into(),
+            kind: PrincipalKind::ServiceAccount {
+                unique_id: account.unique_id,
+            },
+            // An audience-bound token is good for that API; a scoped one only as far as its scopes go.
+            scopes: if audience_ok { None } else { scopes },
         })
     }
 }
 
+#[async_trait]
+impl Authenticator for super::oidc::OidcVerifier {
+    fn claims(&self, presented: &Presented<'_>) -> bool {
+        presented
+            .unverified_issuer()
+            .is_some_and(|i| self.trusts(i).is_some())
+    }
+
+    async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Principal, Status> {
+        let cfg = presented
+            .unverified_issuer()
+            .and_then(|i| self.trusts(i))
+            .ok_or_else(|| unauthenticated("bearer token is not from a trusted issuer"))?;
+        self.verify(cfg, presented.token, now).await
+    }
+}
+
 /// Google's client libraries put the API's production host in `aud` even when the endpoint is overridden.
-fn acceptable_audience(aud: &str, issuer: &str) -> bool {
+pub(crate) fn acceptable_audience(aud: &str, issuer: &str) -> bool {
     const APIS: &[&str] = &[
         "alloydb",
         "edgecontainer",
@@ -205,33 +305,99 @@ fn acceptable_audience(aud: &str, issuer: &str) -> bool {
     host_ok || aud == issuer || aud.strip_suffix('/') == Some(issuer)
 }
 
+/// Whether a credential limited to `scopes` may call `method` (`package.Service/Method`): the
+/// cloud-platform scope covers every API, the IAM scope the IAM API. Google answers the rest with 403
+/// `ACCESS_TOKEN_SCOPE_INSUFFICIENT`.
+pub fn check_scopes(principal: &Principal, method: &str) -> Result<(), Status> {
+    let Some(scopes) = &principal.scopes else {
+        return Ok(());
+    };
+    let service = method.split('/').next().unwrap_or_default();
+    let covered = scopes
+        .iter()
+        .any(|s| s == CLOUD_PLATFORM || (s == IAM_SCOPE && service.starts_with("google.iam.")));
+    if covered {
+        return Ok(());
+    }
+    Err(Status::with_error_details(
+        Code::PermissionDenied,
+        "Request had insufficient authentication scopes.",
+        tonic_types::ErrorDetails::with_error_info(
+            "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            "googleapis.com",
+            [
+                ("method".to_string(), method.replace('/', ".")),
+                ("service".to_string(), service.to_string()),
+            ],
+        ),
+    ))
+}
+
+pub struct IamAccess {
+    authenticators: Vec<Box<dyn Authenticator>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl IamAccess {
+    pub fn new(
+        store: Arc<dyn Store>,
+        signer: Arc<TokenSigner>,
+        clock: Arc<dyn Clock>,
+        issuer: String,
+        leeway: Duration,
+    ) -> Self {
+        IamAccess {
+            authenticators: vec![
+                Box::new(OpaqueTokens {
+                    store: store.clone(),
+                }),
+                Box::new(MintedTokens {
+                    store: store.clone(),
+                    signer,
+                    issuer: issuer.clone(),
+                }),
+                Box::new(SelfSignedJwts {
+                    store: store.clone(),
+                    issuer,
+                    leeway,
+                }),
+            ],
+            store,
+            clock,
+        }
+    }
+
+    /// Adds a kind of credential (tried after the ones already there).
+    pub fn with(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticators.push(Box::new(authenticator));
+        self
+    }
+
+    /// Also trusts tokens of these external OIDC issuers.
+    pub fn with_oidc(self, oidc: super::oidc::OidcVerifier) -> Self {
+        self.with(oidc)
+    }
+}
+
 #[async_trait]
 impl AccessControl for IamAccess {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
         let token = bearer(metadata)?;
-        if token.split('.').count() != 3 {
-            return self.opaque(token).await;
-        }
-        let now = self.clock.now();
-        let (kid, claims) = peek_jwt(token).map_err(token_error)?;
-        if kid.as_deref() == Some(self.signer.kid()) {
-            return self.minted(token, now).await;
-        }
-        let issuer = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if let Some(oidc) = &self.oidc
-            && let Some(cfg) = oidc.trusts(issuer)
-        {
-            return oidc.verify(cfg, token, now).await;
-        }
-        match kid {
-            Some(kid) if project_of_email(issuer).is_some() => {
-                self.self_signed(token, &kid, issuer, now).await
-            }
-            _ => Err(unauthenticated("bearer token is not from a trusted issuer")),
-        }
+        let jwt = if token.split('.').count() == 3 {
+            Some(peek_jwt(token).map_err(token_error)?)
+        } else {
+            None
+        };
+        let presented = Presented { token, jwt };
+        let authenticator = self
+            .authenticators
+            .iter()
+            .find(|a| a.claims(&presented))
+            .ok_or_else(|| unauthenticated("bearer token is not from a trusted issuer"))?;
+        authenticator
+            .authenticate(&presented, self.clock.now())
+            .await
     }
 
     async fn authorize(
@@ -242,7 +408,7 @@ impl AccessControl for IamAccess {
     ) -> Result<(), Status> {
         if super::policy::allows(
             self.store.as_ref(),
-            &principal.member(),
+            &principal.members(),
             permission,
             resource,
         )
@@ -259,20 +425,4 @@ impl AccessControl for IamAccess {
             ),
         ))
     }
-}
-
-/// Public keys of a service account, for verifying what it signed.
-pub(crate) fn key_entry(key: &ServiceAccountKey) -> Option<(String, ClientPublicKey)> {
-    let kid = key.name.rsplit('/').next()?.to_string();
-    let pem = std::str::from_utf8(&key.public_key_data).ok()?;
-    Some((kid, ClientPublicKey::from_pem(pem).ok()?))
-}
-
-pub(crate) fn jwks_of(keys: &[ServiceAccountKey]) -> Result<Jwks, Status> {
-    let entries: Vec<_> = keys
-        .iter()
-        .filter(|k| !k.disabled)
-        .filter_map(key_entry)
-        .collect();
-    Jwks::from_public_keys(&entries).map_err(|e| internal("loading service-account keys", e))
 }

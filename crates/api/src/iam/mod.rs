@@ -3,6 +3,7 @@
 //! authenticates bearer tokens and checks each method's permission against the policies. Deny by default.
 
 pub mod access;
+mod accounts;
 pub mod oauth;
 pub mod oidc;
 pub mod policy;

@@ -3,7 +3,7 @@
 //! short-lived access token signed by clustercred (or, for `target_audience`, an ID token). Errors use the
 //! RFC 6749 shape `{"error", "error_description"}`, which google-auth understands.
 
-use clustercred_authority::{MintRequest, claim_time, peek_jwt, verify_jwt};
+use clustercred_authority::{MintRequest, TokenKind, claim_time, peek_jwt, verify_jwt};
 use clustercred_store::TokenRecord;
 use serde_json::{Map, Value, json};
 use tonic::Code;
@@ -87,7 +87,7 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
         );
     };
     let account_name = format!("projects/{project}/serviceAccounts/{email}");
-    let account = match super::service_accounts::stored_account(ctx.store.as_ref(), &email).await {
+    let account = match super::accounts::stored_account(ctx.store.as_ref(), &email).await {
         Ok(Some(account)) => account,
         Ok(None) => return oauth_error(400, "invalid_grant", "Invalid JWT Signature."),
         Err(status) if status.code() == Code::Internal => {
@@ -102,9 +102,7 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
     if account.disabled {
         return oauth_error(400, "invalid_grant", "The service account is disabled.");
     }
-    let jwks = match super::service_accounts::key_set(ctx.store.as_ref(), &email, kid.as_deref())
-        .await
-    {
+    let jwks = match super::accounts::key_set(ctx.store.as_ref(), &email, kid.as_deref()).await {
         Ok(j) if !j.is_empty() => j,
         Ok(_) => return oauth_error(400, "invalid_grant", "Invalid JWT Signature."),
         Err(_) => return oauth_error(503, "temporarily_unavailable", "the store is unavailable"),
@@ -181,12 +179,17 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
     let mut extra = Map::new();
     let (audience, scope, kind) = match target_audience {
         Some(aud) => {
+            if let Err(why) = id_token_audience(aud, &issuer, project) {
+                return oauth_error(400, "invalid_request", why);
+            }
             extra.insert("email".into(), email.clone().into());
             extra.insert("email_verified".into(), true.into());
             (aud.to_string(), None, "ID token")
         }
         None => {
             extra.insert("principal".into(), format!("serviceAccount:{email}").into());
+            // Bound to this account, not to its email: a recreated account does not inherit the token.
+            extra.insert("uid".into(), account.unique_id.clone().into());
             let scope = claims
                 .get("scope")
                 .and_then(Value::as_str)
@@ -197,6 +200,11 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
     };
     let minted = match ctx.signer.mint(
         &MintRequest {
+            kind: if target_audience.is_some() {
+                TokenKind::Id
+            } else {
+                TokenKind::Access
+            },
             issuer: &issuer,
             subject: &email,
             audience: &audience,
@@ -243,5 +251,58 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
     TokenReply {
         http_status: 200,
         body,
+    }
+}
+
+/// Whom an ID token may be for: anyone but clustercred's own APIs (there it would act as a bearer token) and
+/// another project's workload identity pool (it would let one project's account speak for another's workloads).
+fn id_token_audience(aud: &str, issuer: &str, project: &str) -> Result<(), String> {
+    if aud.is_empty() || aud.len() > 512 || !aud.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("target_audience must be 1 to 512 printable characters".into());
+    }
+    if super::access::acceptable_audience(aud, issuer) {
+        return Err(format!(
+            "target_audience {aud} is a clustercred API; ID tokens are for other audiences"
+        ));
+    }
+    let pool_project = if aud.contains("workloadIdentityPools/") || aud.starts_with("//iam.") {
+        aud.split("/projects/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+    } else {
+        aud.strip_suffix(".svc.id.goog")
+    };
+    match pool_project {
+        Some(p) if p != project => Err(format!(
+            "target_audience {aud} is a workload identity pool of another project"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod audience_tests {
+    use super::id_token_audience;
+
+    #[test]
+    fn id_tokens_are_for_others_but_not_other_projects_pools() {
+        let issuer = "https://cc.example";
+        for ok in [
+            "https://service.example/",
+            "p1.svc.id.goog",
+            "//iam.googleapis.com/projects/p1/locations/global/workloadIdentityPools/w/providers/x",
+        ] {
+            assert!(id_token_audience(ok, issuer, "p1").is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://cc.example",
+            "https://cc.example/",
+            "https://alloydb.googleapis.com/",
+            "p2.svc.id.goog",
+            "//iam.googleapis.com/projects/p2/locations/global/workloadIdentityPools/w/providers/x",
+        ] {
+            assert!(id_token_audience(bad, issuer, "p1").is_err(), "{bad}");
+        }
     }
 }

@@ -40,10 +40,10 @@ pub async fn load(store: &dyn Store, resource: &str) -> Result<Policy, Status> {
     }
 }
 
-/// Whether `member` holds `permission` on `resource` (deny by default).
+/// Whether any of a principal's `members` holds `permission` on `resource` (deny by default).
 pub async fn allows(
     store: &dyn Store,
-    member: &str,
+    members: &[String],
     permission: &str,
     resource: &str,
 ) -> Result<bool, Status> {
@@ -56,7 +56,7 @@ pub async fn allows(
         let granted = policy.bindings.iter().any(|b| {
             b.members
                 .iter()
-                .any(|m| m == member || m == "allAuthenticatedUsers")
+                .any(|m| m == "allAuthenticatedUsers" || members.iter().any(|x| x == m))
                 && roles::grants(&b.role, permission)
         });
         if granted {
@@ -70,13 +70,49 @@ fn valid_member(member: &str) -> bool {
     if member == "allAuthenticatedUsers" {
         return true;
     }
+    let printable =
+        |id: &str| !id.is_empty() && id.len() <= 256 && id.chars().all(|c| c.is_ascii_graphic());
+    let federated = format!("//{}/issuers/", crate::context::FEDERATED_NAMESPACE);
+    if let Some(rest) = member
+        .strip_prefix("principal:")
+        .and_then(|r| r.strip_prefix(federated.as_str()))
+    {
+        return rest
+            .split_once("/subject/")
+            .is_some_and(|(issuer, subject)| valid_issuer_id(issuer) && printable(subject));
+    }
+    if let Some(rest) = member
+        .strip_prefix("principalSet:")
+        .and_then(|r| r.strip_prefix(federated.as_str()))
+    {
+        return match rest.split_once('/') {
+            Some((issuer, "*")) => valid_issuer_id(issuer),
+            Some((issuer, set)) => {
+                valid_issuer_id(issuer) && set.strip_prefix("group/").is_some_and(printable)
+            }
+            None => false,
+        };
+    }
+    // What deleting a service account leaves of its bindings; kept so a read-modify-write round-trips.
+    if let Some(rest) = member.strip_prefix("deleted:serviceAccount:") {
+        return rest
+            .split_once("?uid=")
+            .is_some_and(|(email, uid)| printable(email) && printable(uid));
+    }
     let Some((kind, id)) = member.split_once(':') else {
         return false;
     };
-    matches!(kind, "user" | "serviceAccount" | "group")
-        && !id.is_empty()
-        && id.len() <= 256
-        && id.chars().all(|c| c.is_ascii_graphic())
+    matches!(kind, "user" | "serviceAccount" | "group") && printable(id)
+}
+
+/// The id a trusted issuer is configured under (names it in federated members): RFC 1035-like.
+pub fn valid_issuer_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.ends_with('-')
 }
 
 /// Checks and normalises bindings: known roles, well-formed members (`allUsers` is refused: every caller
@@ -102,7 +138,7 @@ pub fn normalise(bindings: Vec<Binding>) -> Result<Vec<Binding>, Status> {
                 return Err(invalid_field(
                     &format!("{field}.members"),
                     format!(
-                        "{member:?} is not a member (user:, serviceAccount:, group: or allAuthenticatedUsers)"
+                        "{member:?} is not a member (user:, serviceAccount:, group:, principal://clustercred/issuers/I/subject/S, principalSet://clustercred/issuers/I/group/G or /*, or allAuthenticatedUsers)"
                     ),
                 ));
             }
@@ -173,4 +209,59 @@ pub async fn change_binding(
         None => {}
     }
     store_policy(store, resource, policy, Some(&etag), now_unix, audit).await
+}
+
+/// Replaces `member` by `replacement` in every stored policy (each rewrite audited with `audit`'s event for
+/// that policy). Used when a service account is deleted: its bindings become `deleted:` members that grant
+/// nothing, so an account created later with the same email starts with no access.
+pub async fn retire_member(
+    store: &dyn Store,
+    member: &str,
+    replacement: &str,
+    now_unix: i64,
+    audit: impl Fn(&str) -> AuditEvent,
+) -> Result<usize, Status> {
+    let mut rewritten = 0;
+    let records = store
+        .list_policies()
+        .await
+        .map_err(|e| from_store("reading policies", e))?;
+    for record in records {
+        // A concurrent change of the same policy is retried from a fresh read.
+        for attempt in 0.. {
+            let mut policy = load(store, &record.resource).await?;
+            let mut changed = false;
+            for binding in &mut policy.bindings {
+                for m in &mut binding.members {
+                    if m == member {
+                        *m = replacement.to_string();
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+            let etag = policy.etag.clone();
+            let event = audit(&record.resource);
+            match store_policy(
+                store,
+                &record.resource,
+                policy,
+                Some(&etag),
+                now_unix,
+                Some(&event),
+            )
+            .await
+            {
+                Ok(_) => {
+                    rewritten += 1;
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::Aborted && attempt < 10 => continue,
+                Err(s) => return Err(s),
+            }
+        }
+    }
+    Ok(rewritten)
 }

@@ -147,7 +147,7 @@ impl Projects for ProjectsService {
         for permission in &req.permissions {
             if policy::allows(
                 self.ctx.store.as_ref(),
-                &principal.member(),
+                &principal.members(),
                 permission,
                 &resource,
             )

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use clustercred_authority::{GeneratedKeyAlgorithm, Jwks, generate_key_pair};
+use clustercred_authority::{GeneratedKeyAlgorithm, generate_key_pair};
 use clustercred_proto::google::iam::admin::v1 as pb;
 use clustercred_proto::google::iam::admin::v1::iam_server::{Iam, IamServer};
 use clustercred_proto::google::iam::admin::v1::list_service_account_keys_request::KeyType;
-use clustercred_store::{ResourceRecord, Store};
+use clustercred_store::ResourceRecord;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::accounts::unknown_account;
 use super::{SA_EMAIL_DOMAIN, SA_KEY_KIND, SA_KIND, project_of_email};
 use crate::common::timestamp;
 use crate::context::{Caller, Ctx};
@@ -20,10 +21,6 @@ use crate::errors::{from_store, internal, invalid_field};
 #[derive(Clone)]
 pub struct IamService {
     ctx: Arc<Ctx>,
-}
-
-fn unknown_account() -> Status {
-    Status::not_found("Unknown service account")
 }
 
 fn valid_project(p: &str) -> bool {
@@ -100,55 +97,6 @@ fn validate_account_id(id: &str) -> Result<(), Status> {
     }
 }
 
-/// A service account we issued, by email; `None` when there is none (disabled ones included: callers decide).
-pub(crate) async fn stored_account(
-    store: &dyn Store,
-    email: &str,
-) -> Result<Option<pb::ServiceAccount>, Status> {
-    let Some(project) = project_of_email(email) else {
-        return Ok(None);
-    };
-    let name = format!("projects/{project}/serviceAccounts/{email}");
-    let Some(record) = store
-        .get_resource(SA_KIND, &name)
-        .await
-        .map_err(|e| from_store("reading a service account", e))?
-    else {
-        return Ok(None);
-    };
-    pb::ServiceAccount::decode(record.data.as_slice())
-        .map(Some)
-        .map_err(|e| internal("decoding a service account", e))
-}
-
-/// The keys of an account (all, or only `kid`) as a key set for verifying what the account signed.
-pub(crate) async fn key_set(
-    store: &dyn Store,
-    email: &str,
-    kid: Option<&str>,
-) -> Result<Jwks, Status> {
-    let project = project_of_email(email).ok_or_else(unknown_account)?;
-    let account = format!("projects/{project}/serviceAccounts/{email}");
-    let keys = match kid {
-        Some(kid) => store
-            .get_resource(SA_KEY_KIND, &format!("{account}/keys/{kid}"))
-            .await
-            .map_err(|e| from_store("reading a key", e))?
-            .into_iter()
-            .collect::<Vec<_>>(),
-        None => store
-            .list_resources(SA_KEY_KIND, &account, None, 100)
-            .await
-            .map_err(|e| from_store("reading keys", e))?,
-    };
-    let keys = keys
-        .iter()
-        .map(|r| pb::ServiceAccountKey::decode(r.data.as_slice()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| internal("decoding a stored key", e))?;
-    super::access::jwks_of(&keys)
-}
-
 impl IamService {
     pub fn new(ctx: Arc<Ctx>) -> Self {
         IamService { ctx }
@@ -168,6 +116,115 @@ impl IamService {
             .ok_or_else(unknown_account)?;
         pb::ServiceAccount::decode(record.data.as_slice())
             .map_err(|e| internal("decoding a service account", e))
+    }
+
+    /// Turns every binding of the account into `deleted:serviceAccount:EMAIL?uid=ID`, which grants nothing.
+    async fn retire_bindings(
+        &self,
+        caller: &Caller,
+        account: &pb::ServiceAccount,
+    ) -> Result<(), Status> {
+        let member = format!("serviceAccount:{}", account.email);
+        let retired = format!(
+            "deleted:serviceAccount:{}?uid={}",
+            account.email, account.unique_id
+        );
+        super::policy::retire_member(
+            self.ctx.store.as_ref(),
+            &member,
+            &retired,
+            self.ctx.now().unix_timestamp(),
+            |resource| {
+                self.ctx.ok_event(
+                    caller,
+                    resource,
+                    format!("retired {member} as {retired}"),
+                    "",
+                )
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_account_disabled(
+        &self,
+        caller: &Caller,
+        name: &str,
+        disabled: bool,
+    ) -> Result<(), Status> {
+        let mut account = self.account(name).await?;
+        account.disabled = disabled;
+        let word = if disabled { "disabled" } else { "enabled" };
+        let event = self
+            .ctx
+            .ok_event(caller, name, format!("{word} service account"), "");
+        self.update(SA_KIND, name, account.encode_to_vec(), &event)
+            .await
+            .map_err(|s| {
+                if s.code() == tonic::Code::NotFound {
+                    unknown_account()
+                } else {
+                    s
+                }
+            })
+    }
+
+    async fn set_key_disabled(
+        &self,
+        caller: &Caller,
+        account: &str,
+        key_id: &str,
+        disabled: bool,
+    ) -> Result<(), Status> {
+        let name = format!("{account}/keys/{key_id}");
+        let unknown_key = || Status::not_found("Unknown service account key");
+        let record = self
+            .ctx
+            .store
+            .get_resource(SA_KEY_KIND, &name)
+            .await
+            .map_err(|e| from_store("reading a key", e))?
+            .ok_or_else(unknown_key)?;
+        let mut key = pb::ServiceAccountKey::decode(record.data.as_slice())
+            .map_err(|e| internal("decoding a stored key", e))?;
+        key.disabled = disabled;
+        let word = if disabled { "disabled" } else { "enabled" };
+        let event = self
+            .ctx
+            .ok_event(caller, account, format!("{word} key {key_id}"), "");
+        self.update(SA_KEY_KIND, &name, key.encode_to_vec(), &event)
+            .await
+            .map_err(|s| {
+                if s.code() == tonic::Code::NotFound {
+                    unknown_key()
+                } else {
+                    s
+                }
+            })
+    }
+
+    async fn update(
+        &self,
+        kind: &str,
+        name: &str,
+        data: Vec<u8>,
+        event: &clustercred_store::AuditEvent,
+    ) -> Result<(), Status> {
+        let record = self
+            .ctx
+            .store
+            .get_resource(kind, name)
+            .await
+            .map_err(|e| from_store("reading a resource", e))?
+            .ok_or_else(|| Status::not_found(name.to_string()))?;
+        self.ctx
+            .store
+            .update_resource(&ResourceRecord { data, ..record }, Some(event))
+            .await
+            .map_err(|e| from_store("updating a resource", e))?;
+        crate::context::log_event(event);
+        Ok(())
     }
 
     /// Creates a service account (also used by the CLI, with its own caller).
@@ -348,6 +405,10 @@ impl Iam for IamService {
     ) -> Result<Response<()>, Status> {
         let (name, _) = parse_account("name", &request.get_ref().name)?;
         let caller = self.ctx.caller(&request)?;
+        let account = self.account(&name).await?;
+        // Bindings are retired before the account goes (a crash in between leaves an account without access,
+        // never bindings waiting for a namesake) and once more after, for any added meanwhile.
+        self.retire_bindings(&caller, &account).await?;
         let event = self
             .ctx
             .ok_event(&caller, &name, "deleted service account and its keys", "");
@@ -361,6 +422,49 @@ impl Iam for IamService {
                     s
                 }
             })?;
+        self.retire_bindings(&caller, &account).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn disable_service_account(
+        &self,
+        request: Request<pb::DisableServiceAccountRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (name, _) = parse_account("name", &request.get_ref().name)?;
+        let caller = self.ctx.caller(&request)?;
+        self.set_account_disabled(&caller, &name, true).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn enable_service_account(
+        &self,
+        request: Request<pb::EnableServiceAccountRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (name, _) = parse_account("name", &request.get_ref().name)?;
+        let caller = self.ctx.caller(&request)?;
+        self.set_account_disabled(&caller, &name, false).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn disable_service_account_key(
+        &self,
+        request: Request<pb::DisableServiceAccountKeyRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (account, _, key_id) = parse_key("name", &request.get_ref().name)?;
+        let caller = self.ctx.caller(&request)?;
+        self.set_key_disabled(&caller, &account, &key_id, true)
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn enable_service_account_key(
+        &self,
+        request: Request<pb::EnableServiceAccountKeyRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (account, _, key_id) = parse_key("name", &request.get_ref().name)?;
+        let caller = self.ctx.caller(&request)?;
+        self.set_key_disabled(&caller, &account, &key_id, false)
+            .await?;
         Ok(Response::new(()))
     }
 

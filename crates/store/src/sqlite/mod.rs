@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 #[derive(Clone, Debug)]
@@ -276,6 +277,29 @@ impl Store for SqliteStore {
         rows.iter().map(resource_from_row).collect()
     }
 
+    async fn update_resource(
+        &self,
+        resource: &ResourceRecord,
+        audit: Option<&AuditEvent>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query("UPDATE resources SET data = ? WHERE kind = ? AND name = ?")
+            .bind(&resource.data)
+            .bind(&resource.kind)
+            .bind(&resource.name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn delete_resource(
         &self,
         kind: &str,
@@ -509,6 +533,22 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>> {
+        sqlx::query("SELECT * FROM policies ORDER BY resource")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(PolicyRecord {
+                    resource: row.try_get("resource")?,
+                    data: row.try_get("data")?,
+                    etag: row.try_get("etag")?,
+                    update_time_unix: row.try_get("update_time")?,
+                })
+            })
+            .collect()
+    }
+
     async fn set_policy(
         &self,
         policy: &PolicyRecord,
@@ -740,26 +780,53 @@ impl Store for SqliteStore {
         token_sha256: &[u8],
         principal_id: &str,
         created_unix: i64,
+        expires_unix: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time) VALUES (?, ?, ?)",
+            "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time, expire_time) \
+             VALUES (?, ?, ?, ?)",
         )
         .bind(token_sha256)
         .bind(principal_id)
         .bind(created_unix)
+        .bind(expires_unix)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn principal_for_bearer(&self, token_sha256: &[u8]) -> Result<Option<PrincipalRecord>> {
+    async fn principal_for_bearer(
+        &self,
+        token_sha256: &[u8],
+        now_unix: i64,
+    ) -> Result<Option<PrincipalRecord>> {
         let row = sqlx::query(
-            "SELECT p.* FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id WHERE t.token_sha256 = ?",
+            "SELECT p.* FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id \
+             WHERE t.token_sha256 = ? AND (t.expire_time IS NULL OR t.expire_time > ?)",
         )
         .bind(token_sha256)
+        .bind(now_unix)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn revoke_bearer_tokens(
+        &self,
+        principal_id: &str,
+        audit: Option<&AuditEvent>,
+    ) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let revoked = sqlx::query("DELETE FROM bearer_tokens WHERE principal_id = ?")
+            .bind(principal_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn sealed_keys(&self) -> Result<Vec<SealedKey>> {

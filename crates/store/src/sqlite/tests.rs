@@ -252,11 +252,28 @@ async fn counters_principals_tokens_keys() {
         create_time_unix: 1,
     };
     s.put_principal(&p).await.unwrap();
-    s.put_bearer_token(&[7; 32], "admin", 1).await.unwrap();
-    assert_eq!(s.principal_for_bearer(&[7; 32]).await.unwrap(), Some(p));
-    assert_eq!(s.principal_for_bearer(&[8; 32]).await.unwrap(), None);
+    s.put_bearer_token(&[7; 32], "admin", 1, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.principal_for_bearer(&[7; 32], 2).await.unwrap(),
+        Some(p.clone())
+    );
+    assert_eq!(s.principal_for_bearer(&[8; 32], 2).await.unwrap(), None);
+    // An expiring token works until its second, not from it on; revoking removes every token of the principal.
+    s.put_bearer_token(&[6; 32], "admin", 1, Some(100))
+        .await
+        .unwrap();
+    assert_eq!(s.principal_for_bearer(&[6; 32], 99).await.unwrap(), Some(p));
+    assert_eq!(s.principal_for_bearer(&[6; 32], 100).await.unwrap(), None);
+    assert_eq!(s.revoke_bearer_tokens("admin", None).await.unwrap(), 2);
+    assert_eq!(s.principal_for_bearer(&[7; 32], 2).await.unwrap(), None);
     // A token for a principal that does not exist is refused by the foreign key.
-    assert!(s.put_bearer_token(&[9; 32], "ghost", 1).await.is_err());
+    assert!(
+        s.put_bearer_token(&[9; 32], "ghost", 1, None)
+            .await
+            .is_err()
+    );
 
     let k = SigningKeyRecord {
         kid: "k1".into(),
