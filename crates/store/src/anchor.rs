@@ -258,12 +258,11 @@ pub fn verify_anchored(
                 )));
             }
             None if last_seq.is_none_or(|last| c.seq > last) => {
+                let end = last_seq.map_or("is empty".to_string(), |s| format!("ends at event {s}"));
                 return Err(AnchorBreak(format!(
-                    "the audit log ends at event {} but checkpoint {} vouches for event {}: events were \
-                     removed from the end (truncation)",
-                    last_seq.unwrap_or(0),
-                    c.id,
-                    c.seq
+                    "the audit log {end} but checkpoint {} vouches for event {}: events were removed from \
+                     the end (truncation)",
+                    c.id, c.seq
                 )));
             }
             None => {
