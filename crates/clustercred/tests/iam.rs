@@ -405,7 +405,7 @@ async fn forged_and_stale_tokens_are_unauthenticated_and_audited() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.event.status == "Unauthenticated")
+        .filter(|e| e.event.status == "UNAUTHENTICATED")
         .collect();
     // The first refusal is written at once; its repeats (same source, method and status) as one counted
     // event when the window closes (here: at shutdown). Every refused call is accounted for.

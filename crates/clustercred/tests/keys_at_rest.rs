@@ -118,13 +118,17 @@ async fn no_private_key_is_readable_at_rest_and_rotation_keeps_cas_working() {
         .await
         .unwrap();
     let sealed = store.sealed_keys().await.unwrap();
-    assert_eq!(sealed.len(), 3, "two CAs and the token-signing key");
+    assert_eq!(
+        sealed.len(),
+        4,
+        "two CAs, the token-signing key and the audit key"
+    );
     let mut plaintexts = Vec::new();
     for key in &sealed {
-        let context = if key.kind == "ca" {
-            format!("ca:{}", key.id)
-        } else {
-            format!("signing-key:{}", key.id)
+        let context = match key.kind.as_str() {
+            "ca" => format!("ca:{}", key.id),
+            "audit_key" => format!("audit-key:{}", key.id),
+            _ => format!("signing-key:{}", key.id),
         };
         plaintexts.push(master.open(&key.sealed, &context).unwrap().to_vec());
     }
