@@ -87,8 +87,11 @@ async fn main() {
 
     let mut quiet = Vec::new();
     let until = Instant::now() + Duration::from_secs(seconds.min(10));
+    // Paced at 50/s, under the default per-principal limit (100/s): a caller, not a load test.
+    let pace = Duration::from_millis(20);
     while Instant::now() < until {
         quiet.push(issue(&valid, base, &token, &pem).await);
+        tokio::time::sleep(pace).await;
     }
     let quiet_p50 = summary("issuance, quiet", quiet);
 
@@ -135,6 +138,7 @@ async fn main() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
         loaded.push(issue(&valid, base, &token, &pem).await);
+        tokio::time::sleep(pace).await;
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
