@@ -494,3 +494,12 @@ fn print_result(r: &RunResult) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kebab_matches_clap_names() {
+        assert_eq!(super::kebab("ClientCertGrpc"), "client-cert-grpc");
+        assert_eq!(super::kebab("Cfssl"), "cfssl");
+    }
+}

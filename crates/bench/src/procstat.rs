@@ -23,3 +23,25 @@ pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
         value.split_whitespace().next()?.parse().ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        // Burn a little CPU so the counter has something to show at 100 Hz resolution.
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_secs(pid).is_some_and(|s| s > 0.0));
+        assert!(status_kib(pid, "VmRSS").is_some_and(|k| k > 0));
+        assert!(status_kib(pid, "VmHWM").is_some_and(|k| k > 0));
+        assert_eq!(status_kib(pid, "NoSuchKey"), None);
+        assert_eq!(cpu_secs(u32::MAX), None);
+    }
+}

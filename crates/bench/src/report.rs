@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::Flow;
 use crate::load::RunResult;
+use crate::{Flow, Keys};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -32,6 +32,7 @@ pub struct ReportArgs {
 struct Cell {
     label: String,
     flow: Flow,
+    keys: Keys,
     concurrency: usize,
     repeats: usize,
     rps: f64,
@@ -82,6 +83,7 @@ fn cells(runs: Vec<RunResult>) -> Vec<Cell> {
             Cell {
                 label: g[0].label.clone(),
                 flow: g[0].flow,
+                keys: g[0].keys,
                 concurrency: g[0].concurrency,
                 repeats: g.len(),
                 rps: pick(&|r| r.rps),
@@ -143,6 +145,9 @@ const COLOURS: [&str; 8] = [
 ];
 const CFSSL_COLOUR: &str = "#d62728";
 
+/// What a panel plots of a cell.
+type Metric = fn(&Cell) -> f64;
+
 /// Two panels, throughput and p99 against concurrency (log scale), one polyline per flow.
 fn svg(cells: &[Cell]) -> String {
     let mut labels: Vec<(&str, Flow)> = Vec::new();
@@ -168,7 +173,7 @@ fn svg(cells: &[Cell]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let panels: [(&str, fn(&Cell) -> f64); 2] = [
+    let panels: [(&str, Metric); 2] = [
         ("throughput (requests/s)", |c| c.rps),
         ("p99 latency (ms)", |c| c.p99),
     ];
@@ -277,22 +282,27 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn describe(flow: Flow) -> &'static str {
+fn describe(flow: Flow, keys: Keys) -> String {
+    let keys = match keys {
+        Keys::P256 => "P-256",
+        Keys::Rsa2048 => "RSA-2048",
+        Keys::Mixed => "alternating P-256 and RSA-2048",
+    };
     match flow {
         Flow::ClientCert => {
-            "AlloyDB `POST /alloydb/v1/{cluster}:generateClientCertificate`, JSON `publicKey` (SPKI PEM from a pool of distinct keys), `certDuration` 3600s, a fresh `requestId`; HTTP/1.1 keep-alive, one connection per worker"
+            format!("AlloyDB `POST /alloydb/v1/{{cluster}}:generateClientCertificate`, JSON `publicKey` (SPKI PEM from a pool of distinct {keys} keys), `certDuration` 3600s, a fresh `requestId`; HTTP/1.1 keep-alive, one connection per worker")
         }
         Flow::ClientCertGrpc => {
-            "the same call over gRPC (h2c, tonic client with the generated stubs), one HTTP/2 connection per worker"
+            format!("AlloyDB `GenerateClientCertificate` over gRPC (h2c, tonic client with the generated stubs), {keys} keys, a fresh `request_id`, one HTTP/2 connection per worker")
         }
         Flow::OfflineCred => {
-            "Edge Container `GET /edgecontainer/v1/{cluster}:generateOfflineCredential` (server-generated key, P-256 by default)"
+            "Edge Container `GET /edgecontainer/v1/{cluster}:generateOfflineCredential` (server-generated key, P-256 by default)".into()
         }
         Flow::AgentToken => {
-            "GKE Multi-Cloud `POST /gkemulticloud/v1/{attachedCluster}:generateAttachedClusterAgentToken` with an RS256 subject token (pool of 64, signed by the RSA-2048 key whose JWKS the attached cluster holds); no bearer token"
+            "GKE Multi-Cloud `POST /gkemulticloud/v1/{attachedCluster}:generateAttachedClusterAgentToken` with an RS256 subject token (pool of 64, signed by the RSA-2048 key whose JWKS the attached cluster holds); no bearer token".into()
         }
         Flow::Cfssl => {
-            "`cfssl serve` `POST /api/v1/cfssl/sign` with a P-256 CSR from a pool of distinct keys and the profile `client` (client auth, 1 h), P-256 CA from `cfssl gencert -initca`"
+            "`cfssl serve` `POST /api/v1/cfssl/sign` with a P-256 CSR from a pool of distinct keys and the profile `client` (client auth, 1 h), P-256 CA from `cfssl gencert -initca`".into()
         }
     }
 }
@@ -432,7 +442,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     for c in &cells {
         if !seen.contains(&c.label) {
             seen.push(c.label.clone());
-            let _ = writeln!(md, "- **{}**: {}.", c.label, describe(c.flow));
+            let _ = writeln!(md, "- **{}**: {}.", c.label, describe(c.flow, c.keys));
         }
     }
     let _ = writeln!(
@@ -463,6 +473,42 @@ mod tests {
         );
         assert_eq!(speed_line(text, "rsa 2048 bits"), Some((1612.9, 54054.1)));
         assert_eq!(speed_line(text, "ed25519"), None);
+    }
+
+    fn cell(label: &str, flow: Flow, concurrency: usize, rps: f64) -> Cell {
+        Cell {
+            label: label.into(),
+            flow,
+            keys: Keys::P256,
+            concurrency,
+            repeats: 1,
+            rps,
+            rps_min: rps,
+            rps_max: rps,
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            p999: 4.0,
+            errors: BTreeMap::new(),
+            ok: 10,
+            cpu_ms: None,
+            peak_rss: None,
+        }
+    }
+
+    #[test]
+    fn plot_has_a_line_per_flow_in_each_panel() {
+        let cells = [
+            cell("client-cert", Flow::ClientCert, 1, 100.0),
+            cell("client-cert", Flow::ClientCert, 64, 400.0),
+            cell("cfssl <&>", Flow::Cfssl, 1, 200.0),
+            cell("cfssl <&>", Flow::Cfssl, 64, 300.0),
+        ];
+        let svg = svg(&cells);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains(CFSSL_COLOUR));
+        assert!(svg.contains("cfssl &lt;&amp;&gt;"), "labels are escaped");
+        assert!(svg.trim_end().ends_with("</svg>"));
     }
 
     #[test]
