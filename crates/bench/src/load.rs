@@ -88,6 +88,9 @@ pub struct RunResult {
     /// Of successful requests, in milliseconds.
     pub latency_ms: Latency,
     pub server: Option<ServerUsage>,
+    /// CPU milliseconds this load generator spent per successful call (it shares the machine with the server).
+    #[serde(default)]
+    pub client_cpu_ms_per_request: Option<f64>,
 }
 
 struct Shared {
@@ -386,6 +389,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = args.pid.and_then(procstat::cpu_secs);
+    let own_before = procstat::cpu_secs(std::process::id());
 
     let mut hist = new_hist();
     let mut ok = 0;
@@ -401,6 +405,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         last_end = last_end.max(w.last_end);
     }
     let cpu_after = args.pid.and_then(procstat::cpu_secs);
+    let own_after = procstat::cpu_secs(std::process::id());
     stop.store(true, Ordering::Relaxed);
     let peak_kib = match sampler {
         Some(task) => Some(task.await.unwrap_or(0)),
@@ -441,6 +446,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             mean: hist.mean() / 1000.0,
         },
         server,
+        client_cpu_ms_per_request: match (own_before, own_after) {
+            (Some(b), Some(a)) if ok > 0 => Some((a - b) * 1000.0 / ok as f64),
+            _ => None,
+        },
     };
     print_result(&result);
     if let Some(path) = &args.json {
