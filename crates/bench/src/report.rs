@@ -375,7 +375,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
     );
     for c in &cells {
         let ratio = match (c.flow, cfssl.get(&c.concurrency)) {
