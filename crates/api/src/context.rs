@@ -238,29 +238,7 @@ pub fn log_event(e: &AuditEvent) {
         client = %e.client_address, user_agent = %e.user_agent, "audit");
 }
 
-/// The canonical google.rpc code name of a status (`OK`, `PERMISSION_DENIED`, ...): the one vocabulary of the
-/// audit log's `status` field. (`Code`'s `Debug` form, `PermissionDenied`, is not it.)
-pub fn status_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use clustercred_proto::status_name;
 
 /// What a sealed CA key is bound to: its owner.
 pub fn ca_key_context(owner: &str) -> String {

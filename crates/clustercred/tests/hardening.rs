@@ -14,7 +14,7 @@ use clustercred_proto::google::cloud::alloydb::v1 as alloydb;
 use clustercred_proto::google::cloud::edgecontainer::v1 as edge;
 use clustercred_proto::google::cloudresourcemanager::v1::projects_client::ProjectsClient;
 use clustercred_proto::google::iam::admin::v1 as iam;
-use clustercred_proto::google::iam::v1::{Binding, GetIamPolicyRequest, SetIamPolicyRequest};
+use clustercred_proto::google::iam::v1::GetIamPolicyRequest;
 use clustercred_store::{AuditFilter, SqliteStore, Store, ca_owner};
 use common::*;
 use serde_json::{Value, json};
@@ -46,27 +46,9 @@ async fn user(s: &TestServer, id: &str, expires_in_secs: Option<u64>) -> String 
 }
 
 async fn grant(s: &TestServer, member: &str, role: &str) {
-    let mut c = ProjectsClient::with_interceptor(s.channel().await, s.auth());
-    let mut policy = c
-        .get_iam_policy(GetIamPolicyRequest {
-            resource: format!("projects/{PROJECT}"),
-            options: None,
-        })
+    add_binding(s, PROJECT, member, role)
         .await
-        .unwrap()
-        .into_inner();
-    policy.bindings.push(Binding {
-        role: role.into(),
-        members: vec![member.into()],
-        condition: None,
-    });
-    c.set_iam_policy(SetIamPolicyRequest {
-        resource: format!("projects/{PROJECT}"),
-        policy: Some(policy),
-        update_mask: None,
-    })
-    .await
-    .expect("set policy");
+        .expect("set policy");
 }
 
 async fn members(s: &TestServer) -> Vec<String> {

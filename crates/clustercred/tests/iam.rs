@@ -65,27 +65,9 @@ async fn create_account(s: &TestServer, id: &str) -> Account {
 }
 
 async fn grant(s: &TestServer, member: &str, role: &str) {
-    let mut c = ProjectsClient::with_interceptor(s.channel().await, s.auth());
-    let mut policy = c
-        .get_iam_policy(GetIamPolicyRequest {
-            resource: format!("projects/{PROJECT}"),
-            options: None,
-        })
+    add_binding(s, PROJECT, member, role)
         .await
-        .unwrap()
-        .into_inner();
-    policy.bindings.push(Binding {
-        role: role.into(),
-        members: vec![member.into()],
-        condition: None,
-    });
-    c.set_iam_policy(SetIamPolicyRequest {
-        resource: format!("projects/{PROJECT}"),
-        policy: Some(policy),
-        update_mask: None,
-    })
-    .await
-    .expect("set policy");
+        .expect("set policy");
 }
 
 fn now() -> i64 {

@@ -116,30 +116,13 @@ async fn external_issuer_tokens_authenticate_their_principal() {
     let s = TestServer::start_with(config).await;
 
     // Grant alice a viewer role through the API as the administrator.
-    use clustercred_proto::google::cloudresourcemanager::v1::projects_client::ProjectsClient;
-    use clustercred_proto::google::iam::v1::{Binding, GetIamPolicyRequest, SetIamPolicyRequest};
-    let mut projects = ProjectsClient::with_interceptor(s.channel().await, s.auth());
-    let mut policy = projects
-        .get_iam_policy(GetIamPolicyRequest {
-            resource: "projects/p".into(),
-            options: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    policy.bindings.push(Binding {
-        role: "roles/alloydb.viewer".into(),
-        members: vec!["principal://clustercred/issuers/corp/subject/alice@example.com".into()],
-        condition: None,
-    });
-    projects
-        .set_iam_policy(SetIamPolicyRequest {
-            resource: "projects/p".into(),
-            policy: Some(policy),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+    bind(
+        &s,
+        "roles/alloydb.viewer",
+        "principal://clustercred/issuers/corp/subject/alice@example.com",
+    )
+    .await
+    .unwrap();
 
     let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = |email: &str, aud: &str| json!({"iss": issuer.url, "aud": aud, "email": email, "email_verified": true, "iat": now, "exp": now + 300});
@@ -256,29 +239,7 @@ async fn list_as(s: &TestServer, token: String) -> Result<(), tonic::Status> {
 }
 
 async fn bind(s: &TestServer, role: &str, member: &str) -> Result<(), tonic::Status> {
-    use clustercred_proto::google::cloudresourcemanager::v1::projects_client::ProjectsClient;
-    use clustercred_proto::google::iam::v1::{Binding, GetIamPolicyRequest, SetIamPolicyRequest};
-    let mut projects = ProjectsClient::with_interceptor(s.channel().await, s.auth());
-    let mut policy = projects
-        .get_iam_policy(GetIamPolicyRequest {
-            resource: "projects/p".into(),
-            options: None,
-        })
-        .await?
-        .into_inner();
-    policy.bindings.push(Binding {
-        role: role.into(),
-        members: vec![member.into()],
-        condition: None,
-    });
-    projects
-        .set_iam_policy(SetIamPolicyRequest {
-            resource: "projects/p".into(),
-            policy: Some(policy),
-            update_mask: None,
-        })
-        .await
-        .map(|_| ())
+    add_binding(s, "p", member, role).await
 }
 
 fn key_of(issuer: &FakeIssuer) -> rcgen::KeyPair {

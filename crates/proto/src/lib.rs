@@ -8,3 +8,11 @@ include!(concat!(env!("OUT_DIR"), "/protos.rs"));
 
 /// The encoded `FileDescriptorSet` of everything above, with the `google.api.http` annotations kept.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// The canonical google.rpc name of a gRPC code (`OK`, `PERMISSION_DENIED`, ...), as Google prints it in
+/// `error.status` and as the audit log records it. (`tonic::Code`'s `Debug` form, `PermissionDenied`, is not it.)
+pub fn status_name(code: tonic::Code) -> &'static str {
+    google::rpc::Code::try_from(code as i32)
+        .map(|c| c.as_str_name())
+        .unwrap_or("UNKNOWN")
+}

@@ -112,3 +112,36 @@ pub fn parse_cert(pem_text: &str) -> Vec<u8> {
 pub fn audit_count(e: &clustercred_store::AuditEvent) -> u64 {
     e.count
 }
+
+/// Adds `member` to `role` in the policy of `projects/{project}`, as the administrator, through Resource Manager.
+pub async fn add_binding(
+    s: &TestServer,
+    project: &str,
+    member: &str,
+    role: &str,
+) -> Result<(), tonic::Status> {
+    use clustercred_proto::google::cloudresourcemanager::v1::projects_client::ProjectsClient;
+    use clustercred_proto::google::iam::v1::{Binding, GetIamPolicyRequest, SetIamPolicyRequest};
+    let mut projects = ProjectsClient::with_interceptor(s.channel().await, s.auth());
+    let resource = format!("projects/{project}");
+    let mut policy = projects
+        .get_iam_policy(GetIamPolicyRequest {
+            resource: resource.clone(),
+            options: None,
+        })
+        .await?
+        .into_inner();
+    policy.bindings.push(Binding {
+        role: role.into(),
+        members: vec![member.into()],
+        condition: None,
+    });
+    projects
+        .set_iam_policy(SetIamPolicyRequest {
+            resource,
+            policy: Some(policy),
+            update_mask: None,
+        })
+        .await
+        .map(|_| ())
+}
