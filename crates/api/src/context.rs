@@ -502,24 +502,8 @@ impl Ctx {
         let hash = Sha256::digest(request_fingerprint).to_vec();
         let now = self.now();
         let retention_start = (now - self.settings.idempotency_retention).unix_timestamp();
-        if let Some(id) = request_id {
-            let existing = self
-                .store
-                .get_idempotent(scope, id)
-                .await
-                .map_err(|e| from_store("checking the request id", e))?;
-            match existing {
-                Some(r) if r.create_time_unix >= retention_start => return replay(r, &hash),
-                // A forgotten-in-principle record under this id must not block a new request.
-                Some(_) => {
-                    self.store
-                        .purge_idempotency(retention_start)
-                        .await
-                        .map_err(|e| from_store("purging old request ids", e))?;
-                }
-                None => {}
-            }
-        }
+        // No read before signing: the store inserts the request id or answers the record that holds it, in
+        // the same (group) commit as the issuance, so a retry costs a signature and a new request costs no read.
         let (response, issuance, event) = issue()?;
         let idempotency = request_id.map(|id| IdempotencyRecord {
             scope: scope.to_string(),
@@ -528,12 +512,24 @@ impl Ctx {
             response: response.encode_to_vec(),
             create_time_unix: now.unix_timestamp(),
         });
-        match self
-            .store
-            .record_issuance(&issuance, idempotency.as_ref(), Some(&event))
-            .await
-            .map_err(|e| from_store("recording the issued certificate", e))?
-        {
+        let record = || async {
+            self.store
+                .record_issuance(&issuance, idempotency.as_ref(), Some(&event))
+                .await
+                .map_err(|e| from_store("recording the issued certificate", e))
+        };
+        let outcome = match record().await? {
+            // A record past its retention, not purged yet, must not block a new request under its id.
+            IssuanceOutcome::Replay(old) if old.create_time_unix < retention_start => {
+                self.store
+                    .purge_idempotency(retention_start)
+                    .await
+                    .map_err(|e| from_store("purging old request ids", e))?;
+                record().await?
+            }
+            outcome => outcome,
+        };
+        match outcome {
             IssuanceOutcome::Recorded => {
                 log_event(&event);
                 Ok(response)

@@ -53,6 +53,12 @@ pub fn internal(context: &str, err: impl std::fmt::Display) -> Status {
 pub fn from_store(context: &str, err: StoreError) -> Status {
     match err {
         StoreError::Backend(_) => internal(context, err),
+        StoreError::Unavailable(detail) => {
+            tracing::warn!(%detail, "storage unavailable while {context}");
+            Status::unavailable(format!(
+                "storage is unavailable while {context}; nothing was recorded, retry later"
+            ))
+        }
         StoreError::AlreadyExists => Status::already_exists(context.to_string()),
         StoreError::NotFound => Status::not_found(context.to_string()),
         StoreError::Conflict => {

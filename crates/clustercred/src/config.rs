@@ -110,6 +110,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_OIDC_MIN_REFETCH", default_value_t = 30)]
     pub oidc_min_refetch_secs: u64,
 
+    /// Longest time a change made outside this process (the CLI, another replica) stays unseen by its caches
+    /// of policies, principals, tokens, resources and CAs. Changes made through this process are seen at once.
+    #[arg(long, env = "CLUSTERCRED_CACHE_STALENESS_MS", default_value_t = 1000)]
+    pub cache_staleness_ms: u64,
+
     /// Requests per second from one client address (IPv6: its /64), checked before authentication, and the
     /// burst above it; 0 turns the limit off (behind a load balancer that hides client addresses).
     #[arg(long, env = "CLUSTERCRED_RATE_PER_ADDRESS", default_value_t = 1000.0)]
@@ -218,6 +223,7 @@ impl ServeConfig {
             edge_port: 6443,
             trusted_issuers: None,
             oidc_min_refetch_secs: 30,
+            cache_staleness_ms: 1000,
             rate_per_address: 1000.0,
             burst_per_address: 2000.0,
             failures_per_address: 100.0,

@@ -22,7 +22,7 @@ use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::methods::MethodTable;
 use clustercred_api::operations::OperationsService;
 use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
-use clustercred_store::{SqliteStore, Store};
+use clustercred_store::{CachedStore, SqliteStore, Store};
 use clustercred_transport::{ApiMount, RestGateway};
 use tokio::net::TcpListener;
 
@@ -114,7 +114,11 @@ impl Server {
         let settings = config.settings(addr);
         let issuer = settings.token_issuer.clone();
 
-        let dyn_store: Arc<dyn Store> = store.clone();
+        // Requests read through the cache; bootstrap above and the shutdown path use the store itself.
+        let dyn_store: Arc<dyn Store> = Arc::new(CachedStore::new(
+            store.clone(),
+            std::time::Duration::from_millis(config.cache_staleness_ms),
+        ));
         let mut access = IamAccess::new(
             dyn_store.clone(),
             signer.clone(),

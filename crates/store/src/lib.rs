@@ -5,16 +5,20 @@
 //! method returns, so a reply never reports something the store could lose.
 
 mod anchor;
+mod cache;
+mod group;
 mod records;
 mod sqlite;
 
 pub use anchor::*;
+pub use cache::CachedStore;
+pub use group::{BatchWriter, GroupCommit};
 pub use records::*;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("already exists")]
     AlreadyExists,
@@ -23,6 +27,10 @@ pub enum StoreError {
     /// A compare-and-set lost: the stored version is not the one the caller read.
     #[error("concurrent modification")]
     Conflict,
+    /// A failure that may pass by itself: the database is unreachable, busy, out of space or read-only, or a
+    /// transaction lost a serialization race. Nothing was written; the caller may retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -31,13 +39,59 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(transient_code) => {
+                StoreError::Unavailable(e.to_string())
+            }
             sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Backend(e.to_string()),
         }
     }
 }
 
+/// Whether a database error code names a condition that passes by itself. SQLite reports numeric (extended)
+/// result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN. PostgreSQL reports SQLSTATEs: serialization
+/// failure and deadlock (40001, 40P01), connection exceptions (08), insufficient resources such as a full disk
+/// (53), operator intervention such as a shutdown (57P), read-only transaction (25006).
+fn transient_code(code: &str) -> bool {
+    if let Ok(n) = code.parse::<i64>() {
+        return matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14);
+    }
+    matches!(code, "40001" | "40P01" | "25006")
+        || code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What one request writes once its response is built: the records the response depends on and its audit
+/// event. Concurrent requests' items are committed together (see [`GroupCommit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteItem {
+    Issuance {
+        issuance: IssuanceRecord,
+        idempotency: Option<IdempotencyRecord>,
+        audit: Option<AuditEvent>,
+    },
+    Token {
+        token: TokenRecord,
+        audit: Option<AuditEvent>,
+    },
+    Audit(AuditEvent),
+}
+
+/// A bearer token's principal and when the token stops working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BearerRecord {
+    pub principal: PrincipalRecord,
+    pub expires_unix: Option<i64>,
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -100,6 +154,15 @@ pub trait Store: Send + Sync + 'static {
         request_id: &str,
     ) -> Result<Option<IdempotencyRecord>>;
 
+    /// Writes `items` in one transaction (one commit: one fsync for all of them) and answers one outcome per
+    /// item, in order. An issuance whose idempotency key is already stored, or taken by an earlier item of the
+    /// same batch, writes nothing of its own and answers `Replay` with the stored record (insert-or-nothing,
+    /// then read the winner: a race between replicas is decided by the key, not by a prior read). Audit events
+    /// extend the chain in item order; the chain head is read and extended inside the transaction, so
+    /// concurrent writers (other connections, other replicas) cannot fork it. Any other failure fails the
+    /// whole batch and writes nothing.
+    async fn write_batch(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>>;
+
     /// Records an issued certificate (and, when given, the idempotency record that makes retries replay the
     /// response) in one transaction. If another request with the same id committed first, nothing is written
     /// and that record is returned as `Replay`.
@@ -108,18 +171,36 @@ pub trait Store: Send + Sync + 'static {
         issuance: &IssuanceRecord,
         idempotency: Option<&IdempotencyRecord>,
         audit: Option<&AuditEvent>,
-    ) -> Result<IssuanceOutcome>;
+    ) -> Result<IssuanceOutcome> {
+        let item = WriteItem::Issuance {
+            issuance: issuance.clone(),
+            idempotency: idempotency.cloned(),
+            audit: audit.cloned(),
+        };
+        single(self.write_batch(std::slice::from_ref(&item)).await?)
+    }
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>>;
 
     /// Records a minted access token (id, never the token itself) with its audit event.
-    async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()>;
+    async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()> {
+        let item = WriteItem::Token {
+            token: token.clone(),
+            audit: audit.cloned(),
+        };
+        single(self.write_batch(std::slice::from_ref(&item)).await?).map(|_| ())
+    }
 
     /// Forgets idempotency records created before `before_unix`.
     async fn purge_idempotency(&self, before_unix: i64) -> Result<u64>;
 
     /// Atomically increments and returns a named counter (starting at 1).
     async fn next_counter(&self, name: &str) -> Result<i64>;
+
+    /// A number that changes whenever anything a cache may hold changes: resources, CAs, principals, bearer
+    /// tokens, policies, keys. Every such write bumps it in its own transaction, whichever process or replica
+    /// makes it, so a cache that polls it (see [`CachedStore`]) is stale for at most its polling interval.
+    async fn change_epoch(&self) -> Result<i64>;
 
     async fn put_principal(&self, principal: &PrincipalRecord) -> Result<()>;
     async fn get_principal(&self, id: &str) -> Result<Option<PrincipalRecord>>;
@@ -132,12 +213,20 @@ pub trait Store: Send + Sync + 'static {
         created_unix: i64,
         expires_unix: Option<i64>,
     ) -> Result<()>;
+    /// A bearer token's principal and expiry, if the token is registered (expired or not).
+    async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>>;
     /// The principal of a bearer token that has not expired at `now_unix`.
     async fn principal_for_bearer(
         &self,
         token_sha256: &[u8],
         now_unix: i64,
-    ) -> Result<Option<PrincipalRecord>>;
+    ) -> Result<Option<PrincipalRecord>> {
+        Ok(self
+            .bearer(token_sha256)
+            .await?
+            .filter(|b| b.expires_unix.is_none_or(|e| e > now_unix))
+            .map(|b| b.principal))
+    }
     /// Revokes every bearer token of a principal; returns how many there were.
     async fn revoke_bearer_tokens(
         &self,
@@ -159,7 +248,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Appends an audit event on its own (denied attempts, reads worth recording).
-    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
+        let item = WriteItem::Audit(event.clone());
+        single(self.write_batch(std::slice::from_ref(&item)).await?).map(|_| ())
+    }
     /// Audit events in order, filtered.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredAuditEvent>>;
     /// The newest audit event's sequence number and chain link, if any.
@@ -187,4 +279,12 @@ pub trait Store: Send + Sync + 'static {
     /// Signing keys for tokens clustercred mints, newest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
+}
+
+/// The one outcome of a one-item batch.
+fn single(outcomes: Vec<IssuanceOutcome>) -> Result<IssuanceOutcome> {
+    outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Backend("a batch of one answered nothing".into()))
 }

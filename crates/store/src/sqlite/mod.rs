@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,8 +23,21 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Commits the writes of concurrent requests together (see [`GroupCommit`]).
+    group: Arc<GroupCommit>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+/// The direct (ungrouped) batch writer the group committer drives.
+struct SqliteWriter {
     pool: SqlitePool,
 }
 
@@ -52,7 +66,10 @@ impl SqliteStore {
             .max_connections(max_connections)
             .connect_with(options)
             .await?;
-        let store = SqliteStore { pool };
+        let group = Arc::new(GroupCommit::start(Arc::new(SqliteWriter {
+            pool: pool.clone(),
+        })));
+        let store = SqliteStore { pool, group };
         store.migrate().await?;
         Ok(store)
     }
@@ -80,14 +97,18 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Write transactions take the write lock up front, so two writers never deadlock upgrading read locks.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        begin_write(&self.pool).await
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Write transactions take the write lock up front, so two writers never deadlock upgrading read locks.
+async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
 fn resource_from_row(row: &SqliteRow) -> Result<ResourceRecord> {
@@ -155,11 +176,24 @@ async fn insert_operation(
 /// Appends an event to the chain. Runs inside a write transaction (BEGIN IMMEDIATE), so no other writer can
 /// slip an event in between reading the last link and writing the next.
 async fn insert_audit(tx: &mut Transaction<'static, Sqlite>, event: &AuditEvent) -> Result<()> {
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    let mut head = None;
+    append_chained(tx, event, &mut head).await
+}
+
+/// Appends `event` after `head` (the chain's last link, read from the table the first time and then carried
+/// along, so a batch reads it once).
+async fn append_chained(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &AuditEvent,
+    head: &mut Option<Vec<u8>>,
+) -> Result<()> {
+    let previous = match head.take() {
+        Some(h) => h,
+        None => sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
-            .await?;
-    let previous = previous.unwrap_or_default();
+            .await?
+            .unwrap_or_default(),
+    };
     let hash = event.chain_hash(&previous);
     let json = serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
     sqlx::query(
@@ -172,10 +206,73 @@ async fn insert_audit(tx: &mut Transaction<'static, Sqlite>, event: &AuditEvent)
     .bind(&event.resource)
     .bind(event.time_unix_nanos)
     .bind(previous)
-    .bind(hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    *head = Some(hash);
+    Ok(())
+}
+
+/// Marks a change that caches must see (see [`Store::change_epoch`]), in the writer's transaction.
+async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES ('change_epoch', 1) \
+         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+async fn insert_issuance(
+    tx: &mut Transaction<'static, Sqlite>,
+    issuance: &IssuanceRecord,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, request_id, public_key_sha256, create_time) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&issuance.serial_hex)
+    .bind(&issuance.owner)
+    .bind(&issuance.kind)
+    .bind(&issuance.subject)
+    .bind(issuance.not_before_unix)
+    .bind(issuance.not_after_unix)
+    .bind(&issuance.requester)
+    .bind(&issuance.request_id)
+    .bind(&issuance.public_key_sha256)
+    .bind(issuance.create_time_unix)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts the idempotency record unless its key is taken; answers the record that holds the key if so.
+async fn claim_request_id(
+    tx: &mut Transaction<'static, Sqlite>,
+    idem: &IdempotencyRecord,
+) -> Result<Option<IdempotencyRecord>> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (scope, request_id) DO NOTHING",
+    )
+    .bind(&idem.scope)
+    .bind(&idem.request_id)
+    .bind(&idem.request_hash)
+    .bind(&idem.response)
+    .bind(idem.create_time_unix)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
+        .bind(&idem.scope)
+        .bind(&idem.request_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Some(idempotency_from_row(&row)?))
 }
 
 /// `LIKE` pattern matching every kind of the API `kind` belongs to (`alloydb.Cluster` → `alloydb.%`).
@@ -203,6 +300,57 @@ fn children_pattern(name: &str) -> String {
     }
     p.push_str("/%");
     p
+}
+
+#[async_trait]
+impl BatchWriter for SqliteWriter {
+    async fn write_now(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
+        let mut tx = begin_write(&self.pool).await?;
+        let mut head = None;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let (audit, outcome) = match item {
+                WriteItem::Issuance {
+                    issuance,
+                    idempotency,
+                    audit,
+                } => {
+                    let winner = match idempotency {
+                        Some(idem) => claim_request_id(&mut tx, idem).await?,
+                        None => None,
+                    };
+                    match winner {
+                        // Someone with the same id finished first: keep theirs, write nothing of ours.
+                        Some(record) => (None, IssuanceOutcome::Replay(record)),
+                        None => {
+                            insert_issuance(&mut tx, issuance).await?;
+                            (audit.as_ref(), IssuanceOutcome::Recorded)
+                        }
+                    }
+                }
+                WriteItem::Token { token, audit } => {
+                    sqlx::query(
+                        "INSERT INTO tokens (token_id, owner, subject, expires, create_time) VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(&token.token_id)
+                    .bind(&token.owner)
+                    .bind(&token.subject)
+                    .bind(token.expires_unix)
+                    .bind(token.create_time_unix)
+                    .execute(&mut *tx)
+                    .await?;
+                    (audit.as_ref(), IssuanceOutcome::Recorded)
+                }
+                WriteItem::Audit(event) => (Some(event), IssuanceOutcome::Recorded),
+            };
+            if let Some(event) = audit {
+                append_chained(&mut tx, event, &mut head).await?;
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
 }
 
 #[async_trait]
@@ -245,6 +393,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -296,6 +445,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -340,6 +490,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -362,14 +513,17 @@ impl Store for SqliteStore {
     }
 
     async fn put_ca(&self, ca: &CaRecord) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO cas (owner, cert_pem, key_der, not_after, create_time) VALUES (?, ?, ?, ?, ?)")
             .bind(&ca.owner)
             .bind(&ca.cert_pem)
             .bind(&ca.key_der)
             .bind(ca.not_after_unix)
             .bind(ca.create_time_unix)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -420,58 +574,8 @@ impl Store for SqliteStore {
         row.as_ref().map(idempotency_from_row).transpose()
     }
 
-    async fn record_issuance(
-        &self,
-        issuance: &IssuanceRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        audit: Option<&AuditEvent>,
-    ) -> Result<IssuanceOutcome> {
-        let mut tx = self.begin_write().await?;
-        if let Some(idem) = idempotency {
-            let existing =
-                sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
-                    .bind(&idem.scope)
-                    .bind(&idem.request_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(row) = existing {
-                // Someone with the same id finished first: keep theirs, write nothing of ours.
-                let record = idempotency_from_row(&row)?;
-                tx.rollback().await?;
-                return Ok(IssuanceOutcome::Replay(record));
-            }
-            sqlx::query(
-                "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&idem.scope)
-            .bind(&idem.request_id)
-            .bind(&idem.request_hash)
-            .bind(&idem.response)
-            .bind(idem.create_time_unix)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, request_id, public_key_sha256, create_time) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&issuance.serial_hex)
-        .bind(&issuance.owner)
-        .bind(&issuance.kind)
-        .bind(&issuance.subject)
-        .bind(issuance.not_before_unix)
-        .bind(issuance.not_after_unix)
-        .bind(&issuance.requester)
-        .bind(&issuance.request_id)
-        .bind(&issuance.public_key_sha256)
-        .bind(issuance.create_time_unix)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(event) = audit {
-            insert_audit(&mut tx, event).await?;
-        }
-        tx.commit().await?;
-        Ok(IssuanceOutcome::Recorded)
+    async fn write_batch(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
+        self.group.write(items).await
     }
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>> {
@@ -496,25 +600,6 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO tokens (token_id, owner, subject, expires, create_time) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&token.token_id)
-        .bind(&token.owner)
-        .bind(&token.subject)
-        .bind(token.expires_unix)
-        .bind(token.create_time_unix)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(event) = audit {
-            insert_audit(&mut tx, event).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn get_policy(&self, resource: &str) -> Result<Option<PolicyRecord>> {
@@ -582,13 +667,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        insert_audit(&mut tx, event).await?;
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -753,7 +832,16 @@ impl Store for SqliteStore {
         Ok(value)
     }
 
+    async fn change_epoch(&self) -> Result<i64> {
+        let value: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = 'change_epoch'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(value.unwrap_or(0))
+    }
+
     async fn put_principal(&self, p: &PrincipalRecord) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO principals (id, kind, display_name, create_time) VALUES (?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name",
@@ -762,8 +850,10 @@ impl Store for SqliteStore {
         .bind(&p.kind)
         .bind(&p.display_name)
         .bind(p.create_time_unix)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -782,6 +872,7 @@ impl Store for SqliteStore {
         created_unix: i64,
         expires_unix: Option<i64>,
     ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time, expire_time) \
              VALUES (?, ?, ?, ?)",
@@ -790,25 +881,28 @@ impl Store for SqliteStore {
         .bind(principal_id)
         .bind(created_unix)
         .bind(expires_unix)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn principal_for_bearer(
-        &self,
-        token_sha256: &[u8],
-        now_unix: i64,
-    ) -> Result<Option<PrincipalRecord>> {
+    async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>> {
         let row = sqlx::query(
-            "SELECT p.* FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id \
-             WHERE t.token_sha256 = ? AND (t.expire_time IS NULL OR t.expire_time > ?)",
+            "SELECT p.*, t.expire_time FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id \
+             WHERE t.token_sha256 = ?",
         )
         .bind(token_sha256)
-        .bind(now_unix)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(principal_from_row).transpose()
+        row.map(|row| {
+            Ok(BearerRecord {
+                principal: principal_from_row(&row)?,
+                expires_unix: row.try_get("expire_time")?,
+            })
+        })
+        .transpose()
     }
 
     async fn revoke_bearer_tokens(
@@ -825,6 +919,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -894,6 +989,7 @@ impl Store for SqliteStore {
         if let Some(event) = audit {
             insert_audit(&mut tx, event).await?;
         }
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -914,12 +1010,15 @@ impl Store for SqliteStore {
     }
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO signing_keys (kid, key_der, create_time) VALUES (?, ?, ?)")
             .bind(&key.kid)
             .bind(&key.key_der)
             .bind(key.create_time_unix)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }
