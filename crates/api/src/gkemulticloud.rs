@@ -2,6 +2,7 @@
 //! Kubernetes service-account JWT, verified against the OIDC keys registered with the cluster, is exchanged
 //! for a short-lived access token signed by clustercred.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use clustercred_authority::{Jwks, MintRequest, SubjectTokenPolicy, verify_service_account_token};
@@ -30,11 +31,40 @@ pub const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform"
 #[derive(Clone)]
 pub struct AttachedClustersService {
     ctx: Arc<Ctx>,
+    /// Parsed JWKS per cluster, with the stored text they came from: parsing RSA keys on every exchange
+    /// would cost more than verifying the token.
+    jwks: Arc<std::sync::Mutex<HashMap<String, (Vec<u8>, Arc<Jwks>)>>>,
 }
+
+/// Clusters whose parsed keys are kept at most; past it the cache starts over.
+const JWKS_CACHE_ENTRIES: usize = 4096;
 
 impl AttachedClustersService {
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        AttachedClustersService { ctx }
+        AttachedClustersService {
+            ctx,
+            jwks: Arc::default(),
+        }
+    }
+
+    /// The cluster's JWKS, parsed once per stored text.
+    fn parsed_jwks(&self, cluster: &str, text: &[u8]) -> Result<Arc<Jwks>, Status> {
+        if let Ok(cache) = self.jwks.lock()
+            && let Some((stored, parsed)) = cache.get(cluster)
+            && stored.as_slice() == text
+        {
+            return Ok(parsed.clone());
+        }
+        let parsed = Arc::new(
+            Jwks::parse(text).map_err(|e| crate::errors::internal("parsing a stored JWKS", e))?,
+        );
+        if let Ok(mut cache) = self.jwks.lock() {
+            if cache.len() >= JWKS_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(cluster.to_string(), (text.to_vec(), parsed.clone()));
+        }
+        Ok(parsed)
     }
 
     pub fn into_server(self) -> AttachedClustersServer<Self> {
@@ -335,15 +365,13 @@ impl AttachedClusters for AttachedClustersService {
                 if oidc.jwks.is_empty() {
                     tracing::warn!(cluster = %name_s, "agent token refused: the attached cluster has no JWKS \
                         registered (oidc_config.jwks); clustercred does not fetch keys from the issuer");
-                    (Jwks::default(), String::new())
+                    (Arc::default(), String::new())
                 } else {
-                    let jwks = Jwks::parse(&oidc.jwks)
-                        .map_err(|e| crate::errors::internal("parsing a stored JWKS", e))?;
-                    (jwks, oidc.issuer_url)
+                    (self.parsed_jwks(&name_s, &oidc.jwks)?, oidc.issuer_url)
                 }
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                (Jwks::default(), String::new())
+                (Arc::default(), String::new())
             }
             Err(status) => return Err(status),
         };

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -229,6 +229,13 @@ impl Server {
                 get(move || async move { Json(jwks) }),
             )
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", {
+                let readiness = Arc::new(Readiness {
+                    data_dir: Some(config.data_dir.clone()),
+                    ..Readiness::default()
+                });
+                get(move |State(ctx): State<Arc<Ctx>>| readyz(ctx, readiness.clone()))
+            })
             .route("/openapi.json", get(move || async move { Json(openapi) }))
             .route("/oauth2/token", post(token_endpoint))
             // These routes are not behind the gateway's deadline below: give them the same one.
@@ -433,4 +440,76 @@ async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutting down");
+}
+
+/// The last readiness probe and its time; one probe runs at a time.
+#[derive(Default)]
+struct Readiness {
+    /// Where the SQLite database lives, whose free space is part of readiness.
+    data_dir: Option<PathBuf>,
+    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    probe: tokio::sync::Mutex<()>,
+}
+
+impl Readiness {
+    fn fresh(&self) -> Option<Result<(), String>> {
+        self.last
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(_, r)| r)
+    }
+
+    async fn check(&self, store: &dyn Store) -> Result<(), String> {
+        if let Some(r) = self.fresh() {
+            return r;
+        }
+        let _probe = self.probe.lock().await;
+        if let Some(r) = self.fresh() {
+            return r;
+        }
+        let r = match self.data_dir.as_deref().map(free_bytes) {
+            // A small write can still fit in pages SQLite already has, so space is checked on its own.
+            Some(Ok(free)) if free < MIN_FREE_BYTES => Err(format!(
+                "the file system of the data directory is full ({free} bytes free)"
+            )),
+            Some(Err(e)) => Err(format!("reading the data directory's free space: {e}")),
+            _ => match tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                store.next_counter("readiness_probe"),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the store did not answer within 2 s".to_string()),
+            },
+        };
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((std::time::Instant::now(), r.clone()));
+        }
+        r
+    }
+}
+
+/// Free space below which the SQLite data directory counts as full.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Ready when the store takes a write now: a small write transaction (a counter), so a full disk, a read-only
+/// database or an unreachable PostgreSQL each show, with the store's reason. Callers share one probe a second:
+/// the endpoint cannot be used to make writes.
+async fn readyz(ctx: Arc<Ctx>, readiness: Arc<Readiness>) -> (axum::http::StatusCode, String) {
+    match readiness.check(ctx.store.as_ref()).await {
+        Ok(()) => (axum::http::StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
 }

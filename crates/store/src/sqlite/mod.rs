@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::*;
 
@@ -64,6 +64,18 @@ impl SqliteStore {
     async fn with_options(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            // A transaction whose COMMIT failed (a full disk) may have been rolled back by SQLite itself, and
+            // then sqlx's own ROLLBACK fails and leaves the connection counted as inside a transaction: every
+            // later BEGIN on it would fail. Such a connection is closed instead of reused. The ping waits for
+            // the rollback queued by a dropped transaction, so only a connection that really is stuck goes.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await?;
         let group = Arc::new(GroupCommit::start(Arc::new(SqliteWriter {

@@ -1,0 +1,136 @@
+//! A full disk under the data directory: issuance answers UNAVAILABLE (not INTERNAL), /readyz says why, and
+//! service resumes by itself once space returns, without a restart. The data directory sits on a small tmpfs
+//! mounted for the test (this needs root or CAP_SYS_ADMIN, as the CI machine has; the test fails, it does not
+//! skip, where it cannot mount).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const LOC: &str = "projects/disk/locations/l1";
+
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Fills the file system until a write fails; the file is the space to give back.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+async fn issue(s: &TestServer, key_pem: &str) -> (u16, Value) {
+    let resp = http()
+        .post(s.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
+        )))
+        .bearer_auth(&s.token)
+        .json(&json!({"publicKey": key_pem, "certDuration": "3600s"}))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn ready(s: &TestServer) -> (u16, String) {
+    let resp = http().get(s.url("/readyz")).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns() {
+    let fs = Tmpfs::mount("8m");
+    let data = fs.path().join("data");
+    let s = TestServer::start_in(data.clone()).await;
+    let resp = http()
+        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
+        .bearer_auth(&s.token)
+        .json(&json!({"network": "default"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let key = p256().public_key_pem();
+    assert_eq!(issue(&s, &key).await.0, 200);
+    assert_eq!(ready(&s).await.0, 200);
+
+    let ballast = fs.path().join("ballast");
+    fill(&ballast);
+    // Every issuance now fails cleanly; none claims success without its record.
+    let mut unavailable = 0;
+    for _ in 0..20 {
+        let (code, body) = issue(&s, &key).await;
+        assert_ne!(
+            code, 200,
+            "an issuance cannot be recorded on a full disk: {body}"
+        );
+        assert_ne!(body["error"]["status"], "INTERNAL", "{body}");
+        if code == 503 {
+            assert_eq!(body["error"]["status"], "UNAVAILABLE", "{body}");
+            unavailable += 1;
+        }
+    }
+    assert!(unavailable > 0, "a full disk answers UNAVAILABLE");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, why) = ready(&s).await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("not ready: "), "{why}");
+
+    // Space returns: service resumes by itself, on the same process and pool.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut resumed = false;
+    for _ in 0..50 {
+        let (code, body) = issue(&s, &key).await;
+        if code == 200 {
+            assert!(body["pemCertificateChain"].is_array(), "{body}");
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "issuance works again once space is freed");
+    for _ in 0..10 {
+        assert_eq!(issue(&s, &key).await.0, 200, "and keeps working");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ready(&s).await.0, 200);
+    s.stop().await;
+}
