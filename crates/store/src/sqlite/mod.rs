@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::*;
 
@@ -236,57 +236,6 @@ async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>) -> Result<()> {
     Ok(())
 }
 
-async fn insert_issuance(
-    tx: &mut Transaction<'static, Sqlite>,
-    issuance: &IssuanceRecord,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, request_id, public_key_sha256, create_time) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&issuance.serial_hex)
-    .bind(&issuance.owner)
-    .bind(&issuance.kind)
-    .bind(&issuance.subject)
-    .bind(issuance.not_before_unix)
-    .bind(issuance.not_after_unix)
-    .bind(&issuance.requester)
-    .bind(&issuance.request_id)
-    .bind(&issuance.public_key_sha256)
-    .bind(issuance.create_time_unix)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Inserts the idempotency record unless its key is taken; answers the record that holds the key if so.
-async fn claim_request_id(
-    tx: &mut Transaction<'static, Sqlite>,
-    idem: &IdempotencyRecord,
-) -> Result<Option<IdempotencyRecord>> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (scope, request_id) DO NOTHING",
-    )
-    .bind(&idem.scope)
-    .bind(&idem.request_id)
-    .bind(&idem.request_hash)
-    .bind(&idem.response)
-    .bind(idem.create_time_unix)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let row = sqlx::query("SELECT * FROM idempotency WHERE scope = ? AND request_id = ?")
-        .bind(&idem.scope)
-        .bind(&idem.request_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(Some(idempotency_from_row(&row)?))
-}
-
 /// `LIKE` pattern matching every kind of the API `kind` belongs to (`alloydb.Cluster` → `alloydb.%`).
 fn kind_family_pattern(kind: &str) -> String {
     let api = kind.split('.').next().unwrap_or(kind);
@@ -316,49 +265,139 @@ fn children_pattern(name: &str) -> String {
 
 #[async_trait]
 impl BatchWriter for SqliteWriter {
+    /// One transaction with a constant number of statements whatever the batch size (each statement is a
+    /// round trip to sqlx's connection thread): claim the request ids, insert issuances, tokens and audit
+    /// events, each in one multi-row statement.
     async fn write_now(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
         let mut tx = begin_write(&self.pool).await?;
-        let mut head = None;
+        // Request ids: insert-or-nothing in item order, so of two items with one id the first wins.
+        let claims: Vec<&IdempotencyRecord> = items
+            .iter()
+            .filter_map(|item| match item {
+                WriteItem::Issuance {
+                    idempotency: Some(r),
+                    ..
+                } => Some(r),
+                _ => None,
+            })
+            .collect();
+        let mut claimed = std::collections::HashSet::new();
+        if !claims.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) ",
+            );
+            q.push_values(&claims, |mut b, r| {
+                b.push_bind(&r.scope)
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.request_hash)
+                    .push_bind(&r.response)
+                    .push_bind(r.create_time_unix);
+            });
+            q.push(" ON CONFLICT (scope, request_id) DO NOTHING RETURNING scope, request_id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                claimed.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+            }
+        }
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut issuances = Vec::new();
+        let mut tokens = Vec::new();
+        let mut events = Vec::new();
         for item in items {
-            let (audit, outcome) = match item {
+            match item {
                 WriteItem::Issuance {
                     issuance,
                     idempotency,
                     audit,
                 } => {
-                    let winner = match idempotency {
-                        Some(idem) => claim_request_id(&mut tx, idem).await?,
-                        None => None,
-                    };
-                    match winner {
-                        // Someone with the same id finished first: keep theirs, write nothing of ours.
-                        Some(record) => (None, IssuanceOutcome::Replay(record)),
-                        None => {
-                            insert_issuance(&mut tx, issuance).await?;
-                            (audit.as_ref(), IssuanceOutcome::Recorded)
-                        }
+                    if let Some(idem) = idempotency
+                        && !claimed.remove(&(idem.scope.clone(), idem.request_id.clone()))
+                    {
+                        // Someone with the same id got there first: keep theirs, write nothing of ours.
+                        let row = sqlx::query(
+                            "SELECT * FROM idempotency WHERE scope = ? AND request_id = ?",
+                        )
+                        .bind(&idem.scope)
+                        .bind(&idem.request_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        outcomes.push(IssuanceOutcome::Replay(idempotency_from_row(&row)?));
+                        continue;
                     }
+                    issuances.push(issuance);
+                    events.extend(audit.as_ref());
                 }
                 WriteItem::Token { token, audit } => {
-                    sqlx::query(
-                        "INSERT INTO tokens (token_id, owner, subject, expires, create_time) VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(&token.token_id)
-                    .bind(&token.owner)
-                    .bind(&token.subject)
-                    .bind(token.expires_unix)
-                    .bind(token.create_time_unix)
-                    .execute(&mut *tx)
-                    .await?;
-                    (audit.as_ref(), IssuanceOutcome::Recorded)
+                    tokens.push(token);
+                    events.extend(audit.as_ref());
                 }
-                WriteItem::Audit(event) => (Some(event), IssuanceOutcome::Recorded),
-            };
-            if let Some(event) = audit {
-                append_chained(&mut tx, event, &mut head).await?;
+                WriteItem::Audit(event) => events.push(event),
             }
-            outcomes.push(outcome);
+            outcomes.push(IssuanceOutcome::Recorded);
+        }
+        if !issuances.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, \
+                 request_id, public_key_sha256, create_time) ",
+            );
+            q.push_values(&issuances, |mut b, i| {
+                b.push_bind(&i.serial_hex)
+                    .push_bind(&i.owner)
+                    .push_bind(&i.kind)
+                    .push_bind(&i.subject)
+                    .push_bind(i.not_before_unix)
+                    .push_bind(i.not_after_unix)
+                    .push_bind(&i.requester)
+                    .push_bind(&i.request_id)
+                    .push_bind(&i.public_key_sha256)
+                    .push_bind(i.create_time_unix);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        if !tokens.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tokens (token_id, owner, subject, expires, create_time) ",
+            );
+            q.push_values(&tokens, |mut b, t| {
+                b.push_bind(&t.token_id)
+                    .push_bind(&t.owner)
+                    .push_bind(&t.subject)
+                    .push_bind(t.expires_unix)
+                    .push_bind(t.create_time_unix);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        if !events.is_empty() {
+            // The chain head is read inside the write transaction (BEGIN IMMEDIATE: no other writer between).
+            let mut previous: Vec<u8> =
+                sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or_default();
+            let mut rows = Vec::with_capacity(events.len());
+            for event in events {
+                let hash = event.chain_hash(&previous);
+                let json =
+                    serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
+                rows.push((
+                    event,
+                    json,
+                    std::mem::replace(&mut previous, hash.clone()),
+                    hash,
+                ));
+            }
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_events (event, principal, method, resource, time_nanos, prev_hash, hash) ",
+            );
+            q.push_values(&rows, |mut b, (event, json, prev, hash)| {
+                b.push_bind(json)
+                    .push_bind(&event.principal)
+                    .push_bind(&event.method)
+                    .push_bind(&event.resource)
+                    .push_bind(event.time_unix_nanos)
+                    .push_bind(prev)
+                    .push_bind(hash);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(outcomes)
