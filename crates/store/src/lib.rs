@@ -93,6 +93,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What one request writes once its response is built: the records the response depends on and its audit
 /// event. Concurrent requests' items are committed together (see [`GroupCommit`]).
+// One item per request, held only while its batch (at most a few hundred) is written: boxing the large
+// variant would cost an allocation per request and save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteItem {
     Issuance {

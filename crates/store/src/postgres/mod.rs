@@ -91,9 +91,11 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         {
-            // A migration that fails part-way leaves its session's advisory lock held: never pool that session.
             let mut conn = pool.acquire().await?;
-            if let Err(e) = migrator().run(&mut *conn).await {
+            // `run_direct` rather than `run`: `run`'s future cannot be proven `Send` (sqlx's `Acquire` is not
+            // general enough), and a caller must be able to spawn `connect`. A migration that fails part-way
+            // leaves its session holding the migrator's advisory lock: that session is never pooled.
+            if let Err(e) = migrator().run_direct(None, &mut *conn, false).await {
                 conn.close_on_drop();
                 return Err(e.into());
             }
