@@ -1,4 +1,5 @@
-//! Persistence for clustercred: one [`Store`] trait, implemented by the embedded SQLite backend.
+//! Persistence for clustercred: one [`Store`] trait, implemented by the embedded SQLite backend and by a
+//! PostgreSQL backend for several replicas sharing one database.
 //!
 //! Every write a response depends on (resource + CA + operation, issuance + idempotency record) happens in one
 //! transaction that is committed (and, with SQLite in WAL mode and `synchronous=FULL`, on disk) before the
@@ -7,12 +8,14 @@
 mod anchor;
 mod cache;
 mod group;
+mod postgres;
 mod records;
 mod sqlite;
 
 pub use anchor::*;
 pub use cache::CachedStore;
 pub use group::{BatchWriter, GroupCommit};
+pub use postgres::{PgStore, PgStoreOptions};
 pub use records::*;
 pub use sqlite::SqliteStore;
 
@@ -39,7 +42,7 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
-            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(transient_code) => {
+            sqlx::Error::Database(db) if transient(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())
             }
             sqlx::Error::RowNotFound => StoreError::NotFound,
@@ -54,24 +57,45 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Whether a database error code names a condition that passes by itself. SQLite reports numeric (extended)
-/// result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN. PostgreSQL reports SQLSTATEs: serialization
-/// failure and deadlock (40001, 40P01), connection exceptions (08), insufficient resources such as a full disk
-/// (53), operator intervention such as a shutdown (57P), read-only transaction (25006).
-fn transient_code(code: &str) -> bool {
-    if let Ok(n) = code.parse::<i64>() {
-        return matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14);
+/// Whether a database error names a condition that passes by itself. The two backends' codes overlap as
+/// strings (SQLite's are numbers, and so are most SQLSTATEs), so the backend decides which table applies.
+fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        transient_sqlstate(&code)
+    } else {
+        transient_sqlite_code(&code)
     }
-    matches!(code, "40001" | "40P01" | "25006")
+}
+
+/// SQLite reports numeric (extended) result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+fn transient_sqlite_code(code: &str) -> bool {
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+}
+
+/// PostgreSQL SQLSTATEs: serialization failure and deadlock (40001, 40P01), connection exceptions (08),
+/// insufficient resources such as a full disk or too many connections (53), operator intervention such as a
+/// shutdown or a cancelled statement (57), lock not available (55P03), read-only transaction (25006).
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "25006" | "55P03")
         || code.starts_with("08")
         || code.starts_with("53")
-        || code.starts_with("57P")
+        || code.starts_with("57")
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What one request writes once its response is built: the records the response depends on and its audit
 /// event. Concurrent requests' items are committed together (see [`GroupCommit`]).
+// One item per request, held only while its batch (at most a few hundred) is written: boxing the large
+// variant would cost an allocation per request and save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteItem {
     Issuance {
@@ -287,4 +311,28 @@ fn single(outcomes: Vec<IssuanceOutcome>) -> Result<IssuanceOutcome> {
         .into_iter()
         .next()
         .ok_or_else(|| StoreError::Backend("a batch of one answered nothing".into()))
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn transient_codes_per_backend() {
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_FULL; a constraint failure is not transient.
+        assert!(
+            transient_sqlite_code("5")
+                && transient_sqlite_code("517")
+                && transient_sqlite_code("13")
+        );
+        assert!(!transient_sqlite_code("2067"));
+        // Numeric SQLSTATEs must not be read as SQLite codes: 40001 & 0xff is no SQLite BUSY.
+        assert!(
+            transient_sqlstate("40001")
+                && transient_sqlstate("40P01")
+                && transient_sqlstate("08006")
+        );
+        assert!(transient_sqlstate("53100") && transient_sqlstate("57P01"));
+        assert!(!transient_sqlstate("23505") && !transient_sqlstate("42P01"));
+    }
 }
