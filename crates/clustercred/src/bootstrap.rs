@@ -22,7 +22,7 @@ pub const DATABASE_FILE: &str = "clustercred.db";
 /// may write to is refused even then (they could have planted files). The database file is created here, mode
 /// 0600, because SQLite would create it with the umask's mode (often 0644) and gives its `-wal` and `-shm`
 /// files the database file's mode.
-pub fn data_dir(dir: &Path) -> Result<()> {
+pub fn data_dir(dir: &Path, with_database: bool) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -52,7 +52,7 @@ pub fn data_dir(dir: &Path) -> Result<()> {
     }
     check_data_dir(dir)?;
     let db = dir.join(DATABASE_FILE);
-    if !db.exists() {
+    if with_database && !db.exists() {
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -145,46 +145,59 @@ fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>> {
 
 /// On first start, creates the administrator and writes its bearer token to `admin.token` (mode 0600). The
 /// store keeps only the token's SHA-256. Returns the token file's path.
+/// Creates the administrator and its bearer token once: with several replicas on one database, the one whose
+/// insert wins writes `admin.token` into its data directory; the others use the administrator it created.
 pub async fn admin(store: &dyn Store, dir: &Path, now_unix: i64) -> Result<PathBuf> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     if store.get_principal(ADMIN_PRINCIPAL).await?.is_some() {
         return Ok(path);
     }
-    let token = format!("ccadm_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let token =
+        zeroize::Zeroizing::new(format!("ccadm_{}", hex::encode(rand::random::<[u8; 32]>())));
+    // The file is written (and synced) before the token exists in the store, and put in place only if ours
+    // is the administrator created: a crash in between leaves a stray temporary file, never a working token
+    // that nobody holds.
+    let pending = dir.join(format!("{ADMIN_TOKEN_FILE}.new"));
+    let _ = fs::remove_file(&pending);
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    // An existing file keeps its old mode through open(): set it explicitly.
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        .open(&pending)
+        .with_context(|| format!("writing {}", pending.display()))?;
     file.write_all(token.as_bytes())?;
     file.sync_all()?;
-    store
-        .put_principal(&PrincipalRecord {
-            id: ADMIN_PRINCIPAL.into(),
-            kind: "user".into(),
-            display_name: "Administrator (created on first start)".into(),
-            create_time_unix: now_unix,
-        })
-        .await?;
-    store
-        .put_bearer_token(
+    let created = store
+        .create_user(
+            &PrincipalRecord {
+                id: ADMIN_PRINCIPAL.into(),
+                kind: "user".into(),
+                display_name: "Administrator (created on first start)".into(),
+                create_time_unix: now_unix,
+            },
             &Sha256::digest(token.as_bytes()),
-            ADMIN_PRINCIPAL,
-            now_unix,
             None,
         )
-        .await?;
-    tracing::info!(path = %path.display(), "created the administrator; its bearer token is in this file");
+        .await;
+    match created {
+        Ok(true) => {
+            fs::rename(&pending, &path)
+                .with_context(|| format!("moving the admin token to {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created the administrator; its bearer token is in this file");
+        }
+        Ok(false) => {
+            let _ = fs::remove_file(&pending);
+            tracing::info!("the administrator was created by another replica");
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&pending);
+            return Err(e.into());
+        }
+    }
     Ok(path)
 }
 
-/// On first start (or on a database from before IAM), binds the administrator to clustercred's admin role in
-/// the root policy, which sits above every project.
 pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
     use clustercred_api::iam::{policy, roles};
     let current = policy::load(store, policy::ROOT)
@@ -204,7 +217,7 @@ pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
         detail: format!("+{} {member}", roles::ADMIN_ROLE),
         ..Default::default()
     };
-    policy::change_binding(
+    let changed = policy::change_binding(
         store,
         policy::ROOT,
         roles::ADMIN_ROLE,
@@ -213,9 +226,19 @@ pub async fn root_policy(store: &dyn Store, now_unix: i64) -> Result<()> {
         now_unix,
         Some(&event),
     )
-    .await
-    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    Ok(())
+    .await;
+    match changed {
+        Ok(_) => Ok(()),
+        // Another replica starting at the same time wrote the root policy first.
+        Err(_)
+            if policy::load(store, policy::ROOT)
+                .await
+                .is_ok_and(|p| p.etag != policy::EMPTY_ETAG) =>
+        {
+            Ok(())
+        }
+        Err(s) => Err(anyhow::anyhow!("{}", s.message())),
+    }
 }
 
 /// The newest token-signing key (sealed under the master key), generated on first start.
@@ -231,14 +254,21 @@ pub async fn signing_key(
         return TokenSigner::from_pkcs8(&der).context("loading the token-signing key");
     }
     let (signer, der) = TokenSigner::generate().context("generating the token-signing key")?;
-    store
-        .put_signing_key(&SigningKeyRecord {
+    let stored = store
+        .first_signing_key(&SigningKeyRecord {
             kid: signer.kid().to_string(),
             key_der: master.seal(&der, &signing_key_context(signer.kid()))?,
             create_time_unix: now_unix,
         })
         .await?;
-    Ok(signer)
+    if stored.kid == signer.kid() {
+        return Ok(signer);
+    }
+    // Another replica stored its key first: every replica signs and verifies with that one.
+    let der = master
+        .open(&stored.key_der, &signing_key_context(&stored.kid))
+        .context("opening the token-signing key")?;
+    TokenSigner::from_pkcs8(&der).context("loading the token-signing key")
 }
 
 pub const MASTER_KEY_FILE: &str = "master.key";

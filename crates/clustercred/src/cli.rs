@@ -11,9 +11,7 @@ use clustercred_api::iam::{policy, roles};
 use clustercred_api::{
     Caller, Clock, Ctx, Principal, PrincipalKind, RequestMeta, Settings, SystemClock,
 };
-use clustercred_store::{
-    AuditEvent, AuditFilter, AuditPublicKey, SqliteStore, Store, verify_anchored,
-};
+use clustercred_store::{AuditEvent, AuditFilter, AuditPublicKey, Store, verify_anchored};
 
 use crate::bootstrap;
 
@@ -26,6 +24,9 @@ pub struct DataDir {
         default_value = "./clustercred-data"
     )]
     pub data_dir: PathBuf,
+    /// The server's PostgreSQL database, when it runs on one (`--database` of `serve`).
+    #[arg(long, env = "CLUSTERCRED_DATABASE")]
+    pub database: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -156,20 +157,8 @@ pub enum IamCommand {
     },
 }
 
-async fn open(dir: &Path) -> Result<Arc<SqliteStore>> {
-    let path = dir.join(bootstrap::DATABASE_FILE);
-    if !path.exists() {
-        bail!(
-            "no clustercred database at {} (start the server once, or pass --data-dir)",
-            path.display()
-        );
-    }
-    bootstrap::check_data_dir(dir)?;
-    Ok(Arc::new(
-        SqliteStore::open(&path)
-            .await
-            .context("opening the database")?,
-    ))
+async fn open(dir: &DataDir) -> Result<Arc<dyn Store>> {
+    crate::database::open(&dir.data_dir, dir.database.as_deref(), false).await
 }
 
 fn operator() -> String {
@@ -212,7 +201,7 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
             until,
             limit,
         } => {
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let filter = AuditFilter {
                 principal,
                 resource_prefix: resource,
@@ -233,19 +222,12 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
             dir,
             public_key,
             master_key_file,
-        } => {
-            verify(
-                &dir.data_dir,
-                public_key.as_deref(),
-                master_key_file.as_deref(),
-            )
-            .await
-        }
+        } => verify(&dir, public_key.as_deref(), master_key_file.as_deref()).await,
         AuditCommand::PublicKey {
             dir,
             master_key_file,
         } => {
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let master = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
             let now = SystemClock.now().unix_timestamp();
             let signer = bootstrap::audit_key(store.as_ref(), &master, now).await?;
@@ -260,12 +242,12 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
 /// strength: `--public-key`; the stored audit key opened with the master key (a key swapped in without the
 /// master key does not open); the public keys stored in the clear, with a warning.
 async fn verify(
-    dir: &Path,
+    dir: &DataDir,
     public_key: Option<&Path>,
     master_key_file: Option<&Path>,
 ) -> Result<()> {
     let store = open(dir).await?;
-    let master = bootstrap::existing_master_key(dir, master_key_file)?;
+    let master = bootstrap::existing_master_key(&dir.data_dir, master_key_file)?;
     let mut signer = None;
     let trusted = match public_key {
         Some(path) => {
@@ -373,7 +355,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             role,
         } => binding(dir, project, member, role, false, now).await,
         IamCommand::GetPolicy { dir, project } => {
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let p = policy::load(store.as_ref(), &policy_resource(&project))
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -409,7 +391,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             {
                 bail!("--id may hold letters, digits and @ . _ - (at most 128)");
             }
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let token = format!("ccusr_{}", hex::encode(rand::random::<[u8; 32]>()));
             write_secret(&token_file, token.as_bytes())?;
             store
@@ -438,7 +420,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             Ok(())
         }
         IamCommand::RevokeTokens { dir, id } => {
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let event = cli_event(
                 &format!("user:{id}"),
                 "revoke-tokens",
@@ -457,7 +439,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             master_key_file,
             issuer_url,
         } => {
-            let store = open(&dir.data_dir).await?;
+            let store = open(&dir).await?;
             let master = Arc::new(bootstrap::master_key(
                 &dir.data_dir,
                 master_key_file.as_deref(),
@@ -516,7 +498,7 @@ async fn binding(
     add: bool,
     now: i64,
 ) -> Result<()> {
-    let store = open(&dir.data_dir).await?;
+    let store = open(&dir).await?;
     let resource = policy_resource(&project);
     let sign = if add { '+' } else { '-' };
     let event = cli_event(&resource, "iam", format!("{sign}{role} {member}"));
@@ -568,7 +550,7 @@ pub async fn keys(command: KeysCommand) -> Result<()> {
         master_key_file,
         new_master_key_file,
     } = command;
-    let store = open(&dir.data_dir).await?;
+    let store = open(&dir).await?;
     let current = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
     let new = if new_master_key_file.exists() {
         bootstrap::master_key(&dir.data_dir, Some(&new_master_key_file))?

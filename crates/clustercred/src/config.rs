@@ -37,6 +37,12 @@ pub struct ServeConfig {
     )]
     pub data_dir: PathBuf,
 
+    /// A PostgreSQL database (`postgres://user@host:port/db`) instead of SQLite in the data directory. Any
+    /// number of replicas may share it; each still has its own data directory (admin token, TLS files), and all
+    /// need the same master key (`--master-key-file` or `CLUSTERCRED_MASTER_KEY`).
+    #[arg(long, env = "CLUSTERCRED_DATABASE")]
+    pub database: Option<String>,
+
     /// Public base URL of this server: the `iss` of minted tokens and the base of
     /// /.well-known/openid-configuration. Default: http://<listen address>.
     #[arg(long, env = "CLUSTERCRED_ISSUER_URL")]
@@ -208,6 +214,7 @@ impl ServeConfig {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
+            database: None,
             issuer_url: None,
             master_key_file: None,
             tls_cert: None,

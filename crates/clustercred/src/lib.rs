@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod server;
 pub mod tls;
 

@@ -22,7 +22,7 @@ use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::methods::MethodTable;
 use clustercred_api::operations::OperationsService;
 use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
-use clustercred_store::{CachedStore, SqliteStore, Store};
+use clustercred_store::{CachedStore, Store};
 use clustercred_transport::{ApiMount, RestGateway};
 use tokio::net::TcpListener;
 
@@ -43,7 +43,7 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnectionLimits,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     ctx: Arc<Ctx>,
 }
 
@@ -73,12 +73,10 @@ pub fn mounts() -> Vec<ApiMount> {
 impl Server {
     /// Opens the data directory (bootstrapping it on first start) and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Server> {
-        bootstrap::data_dir(&config.data_dir)?;
-        let store = Arc::new(
-            SqliteStore::open(&config.data_dir.join(bootstrap::DATABASE_FILE))
-                .await
-                .context("opening the database")?,
-        );
+        let database = config.database.as_deref();
+        crate::database::require_shared_master_key(database, config.master_key_file.as_deref())?;
+        bootstrap::data_dir(&config.data_dir, !crate::database::is_postgres(database)?)?;
+        let store = crate::database::open(&config.data_dir, database, true).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now().unix_timestamp();
         let admin_token_path = bootstrap::admin(store.as_ref(), &config.data_dir, now).await?;
@@ -231,7 +229,8 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", {
                 let readiness = Arc::new(Readiness {
-                    data_dir: Some(config.data_dir.clone()),
+                    // Free space matters where the database is: the data directory, with SQLite.
+                    data_dir: config.database.is_none().then(|| config.data_dir.clone()),
                     ..Readiness::default()
                 });
                 get(move |State(ctx): State<Arc<Ctx>>| readyz(ctx, readiness.clone()))

@@ -32,6 +32,7 @@ async fn user(s: &TestServer, id: &str, expires_in_secs: Option<u64>) -> String 
     clustercred::cli::iam(IamCommand::CreateUser {
         dir: DataDir {
             data_dir: s.data_dir.clone(),
+            database: None,
         },
         id: id.into(),
         token_file: token_file.clone(),
@@ -281,59 +282,6 @@ async fn deleting_an_edge_cluster_keeps_alloydb_resources_of_the_same_name() {
 }
 
 /// What google-auth sends to the token endpoint, signed with the key file.
-async fn token_for(s: &TestServer, key_file: &Value, extra: Value) -> (u16, Value) {
-    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
-    let email = key_file["client_email"].as_str().unwrap();
-    let mut claims = json!({"iss": email, "aud": "https://oauth2.googleapis.com/token",
-        "scope": "https://www.googleapis.com/auth/cloud-platform", "iat": now, "exp": now + 3600});
-    claims
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = key_file["private_key_id"].as_str().map(str::to_string);
-    let pem = key_file["private_key"].as_str().unwrap();
-    let assertion = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let resp = http()
-        .post(s.url("/oauth2/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type={JWT_BEARER}&assertion={assertion}"))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-async fn account_with_key(s: &TestServer, id: &str) -> (iam::ServiceAccount, Value) {
-    let mut c = iam::iam_client::IamClient::with_interceptor(s.channel().await, s.auth());
-    let account = c
-        .create_service_account(iam::CreateServiceAccountRequest {
-            name: format!("projects/{PROJECT}"),
-            account_id: id.into(),
-            service_account: Some(Default::default()),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let key = c
-        .create_service_account_key(iam::CreateServiceAccountKeyRequest {
-            name: account.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (
-        account,
-        serde_json::from_slice(&key.private_key_data).unwrap(),
-    )
-}
-
 async fn list_as(s: &TestServer, token: &str) -> Result<(), tonic::Status> {
     alloydb_client(s, token)
         .await
@@ -345,15 +293,10 @@ async fn list_as(s: &TestServer, token: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-fn access_token(reply: (u16, Value)) -> String {
-    assert_eq!(reply.0, 200, "{}", reply.1);
-    reply.1["access_token"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn a_deleted_service_account_comes_back_with_nothing() {
     let s = TestServer::start().await;
-    let (account, key_file) = account_with_key(&s, "robot-one").await;
+    let (account, key_file) = account_with_key(&s, PROJECT, "robot-one").await;
     let member = format!("serviceAccount:{}", account.email);
     grant(&s, &member, "roles/alloydb.viewer").await;
     let old_token = access_token(token_for(&s, &key_file, json!({})).await);
@@ -374,7 +317,7 @@ async fn a_deleted_service_account_comes_back_with_nothing() {
     assert!(!now_members.contains(&member), "{now_members:?}");
 
     // Same id again: a new unique id, no grants, and the old token does not come back to life.
-    let (again, key_file2) = account_with_key(&s, "robot-one").await;
+    let (again, key_file2) = account_with_key(&s, PROJECT, "robot-one").await;
     assert_eq!(again.email, account.email);
     assert_ne!(again.unique_id, account.unique_id);
     let err = list_as(&s, &old_token).await.unwrap_err();
@@ -457,6 +400,7 @@ async fn user_tokens_expire_and_can_be_revoked() {
     clustercred::cli::iam(IamCommand::RevokeTokens {
         dir: DataDir {
             data_dir: s.data_dir.clone(),
+            database: None,
         },
         id: "kept".into(),
     })
@@ -479,7 +423,7 @@ async fn user_tokens_expire_and_can_be_revoked() {
 #[tokio::test]
 async fn tokens_act_only_as_their_kind_and_within_their_scope() {
     let s = TestServer::start().await;
-    let (account, key_file) = account_with_key(&s, "robot-two").await;
+    let (account, key_file) = account_with_key(&s, PROJECT, "robot-two").await;
     grant(
         &s,
         &format!("serviceAccount:{}", account.email),

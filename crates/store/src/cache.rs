@@ -284,6 +284,19 @@ impl Store for CachedStore {
         .await
     }
 
+    async fn create_user(
+        &self,
+        principal: &PrincipalRecord,
+        token_sha256: &[u8],
+        expires_unix: Option<i64>,
+    ) -> Result<bool> {
+        self.changing(
+            self.inner
+                .create_user(principal, token_sha256, expires_unix),
+        )
+        .await
+    }
+
     async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>> {
         self.refresh().await;
         if let Some(b) = self.bearers.get(&token_sha256.to_vec()) {
@@ -376,5 +389,13 @@ impl Store for CachedStore {
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
         self.changing(self.inner.put_signing_key(key)).await
+    }
+
+    async fn first_signing_key(&self, key: &SigningKeyRecord) -> Result<SigningKeyRecord> {
+        self.changing(self.inner.first_signing_key(key)).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
     }
 }

@@ -237,6 +237,14 @@ pub trait Store: Send + Sync + 'static {
         created_unix: i64,
         expires_unix: Option<i64>,
     ) -> Result<()>;
+    /// Creates a user with its first bearer token if no principal has that id, in one transaction; answers
+    /// whether it did. Replicas starting together create the bootstrap administrator once.
+    async fn create_user(
+        &self,
+        principal: &PrincipalRecord,
+        token_sha256: &[u8],
+        expires_unix: Option<i64>,
+    ) -> Result<bool>;
     /// A bearer token's principal and expiry, if the token is registered (expired or not).
     async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>>;
     /// The principal of a bearer token that has not expired at `now_unix`.
@@ -303,6 +311,12 @@ pub trait Store: Send + Sync + 'static {
     /// Signing keys for tokens clustercred mints, newest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
+    /// Stores `key` if there is no signing key yet, and returns the newest stored one: replicas starting
+    /// together agree on one key.
+    async fn first_signing_key(&self, key: &SigningKeyRecord) -> Result<SigningKeyRecord>;
+
+    /// Closes the store's connections (shutdown); later calls fail as `Unavailable`.
+    async fn close(&self) {}
 }
 
 /// The one outcome of a one-item batch.

@@ -35,7 +35,8 @@ impl TestServer {
         let data_dir = config.data_dir.clone();
         let server = Server::bind(&config).await.expect("server binds");
         let addr = server.addr;
-        let token = std::fs::read_to_string(&server.admin_token_path).expect("admin token written");
+        // A replica on a shared database whose peer created the administrator has no token file of its own.
+        let token = std::fs::read_to_string(&server.admin_token_path).unwrap_or_default();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
@@ -144,4 +145,84 @@ pub async fn add_binding(
         })
         .await
         .map(|_| ())
+}
+
+/// A JWT-bearer assertion signed with a service-account key file, exchanged at `/oauth2/token`.
+pub async fn token_for(
+    s: &TestServer,
+    key_file: &serde_json::Value,
+    extra: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let email = key_file["client_email"].as_str().unwrap();
+    let mut claims = serde_json::json!({"iss": email, "aud": "https://oauth2.googleapis.com/token",
+        "scope": "https://www.googleapis.com/auth/cloud-platform", "iat": now, "exp": now + 3600});
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = key_file["private_key_id"].as_str().map(str::to_string);
+    let pem = key_file["private_key"].as_str().unwrap();
+    let assertion = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let resp = http()
+        .post(s.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+pub async fn account_with_key(
+    s: &TestServer,
+    project: &str,
+    id: &str,
+) -> (
+    clustercred_proto::google::iam::admin::v1::ServiceAccount,
+    serde_json::Value,
+) {
+    let mut c = clustercred_proto::google::iam::admin::v1::iam_client::IamClient::with_interceptor(
+        s.channel().await,
+        s.auth(),
+    );
+    let account = c
+        .create_service_account(
+            clustercred_proto::google::iam::admin::v1::CreateServiceAccountRequest {
+                name: format!("projects/{project}"),
+                account_id: id.into(),
+                service_account: Some(Default::default()),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let key = c
+        .create_service_account_key(
+            clustercred_proto::google::iam::admin::v1::CreateServiceAccountKeyRequest {
+                name: account.name.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        account,
+        serde_json::from_slice(&key.private_key_data).unwrap(),
+    )
+}
+
+/// The access token of a successful `/oauth2/token` reply.
+pub fn access_token(reply: (u16, serde_json::Value)) -> String {
+    assert_eq!(reply.0, 200, "{}", reply.1);
+    reply.1["access_token"].as_str().unwrap().to_string()
 }

@@ -753,6 +753,45 @@ impl Store for PgStore {
         finish(tx.commit().await, &mut conn)
     }
 
+    async fn create_user(
+        &self,
+        p: &PrincipalRecord,
+        token_sha256: &[u8],
+        expires_unix: Option<i64>,
+    ) -> Result<bool> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO principals (id, kind, display_name, create_time) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&p.id)
+        .bind(&p.kind)
+        .bind(&p.display_name)
+        .bind(p.create_time_unix)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            finish(tx.commit().await, &mut conn)?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time, expire_time) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_sha256)
+        .bind(&p.id)
+        .bind(p.create_time_unix)
+        .bind(expires_unix)
+        .execute(&mut *tx)
+        .await?;
+        bump_epoch(&mut tx).await?;
+        finish(tx.commit().await, &mut conn)?;
+        Ok(true)
+    }
+
     async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>> {
         let row = sqlx::query(
             "SELECT p.*, t.expire_time FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id \
@@ -1106,5 +1145,41 @@ impl Store for PgStore {
             .await?;
         bump_epoch(&mut tx).await?;
         finish(tx.commit().await, &mut conn)
+    }
+
+    async fn first_signing_key(&self, key: &SigningKeyRecord) -> Result<SigningKeyRecord> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
+        // As for the audit key: no conflict target decides "the table is empty", a table lock does.
+        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO signing_keys (kid, key_der, create_time) \
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.key_der)
+        .bind(key.create_time_unix)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let row = sqlx::query("SELECT * FROM signing_keys ORDER BY create_time DESC, kid LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = SigningKeyRecord {
+            kid: row.try_get("kid")?,
+            key_der: row.try_get("key_der")?,
+            create_time_unix: row.try_get("create_time")?,
+        };
+        if inserted == 1 {
+            bump_epoch(&mut tx).await?;
+        }
+        finish(tx.commit().await, &mut conn)?;
+        Ok(stored)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

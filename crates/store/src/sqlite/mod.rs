@@ -939,6 +939,43 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn create_user(
+        &self,
+        p: &PrincipalRecord,
+        token_sha256: &[u8],
+        expires_unix: Option<i64>,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let created = sqlx::query(
+            "INSERT INTO principals (id, kind, display_name, create_time) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&p.id)
+        .bind(&p.kind)
+        .bind(&p.display_name)
+        .bind(p.create_time_unix)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO bearer_tokens (token_sha256, principal_id, create_time, expire_time) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_sha256)
+        .bind(&p.id)
+        .bind(p.create_time_unix)
+        .bind(expires_unix)
+        .execute(&mut *tx)
+        .await?;
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>> {
         let row = sqlx::query(
             "SELECT p.*, t.expire_time FROM bearer_tokens t JOIN principals p ON p.id = t.principal_id \
@@ -1071,6 +1108,34 @@ impl Store for SqliteStore {
         bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn first_signing_key(&self, key: &SigningKeyRecord) -> Result<SigningKeyRecord> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, key_der, create_time) \
+             SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.key_der)
+        .bind(key.create_time_unix)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM signing_keys ORDER BY create_time DESC, kid LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = SigningKeyRecord {
+            kid: row.try_get("kid")?,
+            key_der: row.try_get("key_der")?,
+            create_time_unix: row.try_get("create_time")?,
+        };
+        bump_epoch(&mut tx).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }
 

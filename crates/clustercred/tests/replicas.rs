@@ -1,0 +1,232 @@
+//! Replicas on one PostgreSQL database (issue 13): they start together and bootstrap once, every replica
+//! serves every request, a request id retried on the other replica gets the same certificate, concurrent
+//! issuances across replicas are all recorded once, and a token minted by one replica works on the other.
+//! Needs PostgreSQL: `CLUSTERCRED_TEST_POSTGRES` (scripts/test finds or starts one); fails without it.
+
+mod common;
+
+use std::time::Duration;
+
+use clustercred::ServeConfig;
+use clustercred_store::{PgStore, PgStoreOptions, Store, ca_owner};
+use common::*;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const PROJECT: &str = "replicated";
+const LOC: &str = "projects/replicated/locations/l1";
+const ISSUER: &str = "http://clustercred.replicas.test";
+
+/// A fresh database on the test server, dropped when done.
+struct Database {
+    admin_url: String,
+    name: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let admin_url = std::env::var("CLUSTERCRED_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!(
+            "replicas_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin_url} is needed (scripts/pg-for-tests finds or starts one): {e}")
+        });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Database { admin_url, name }
+    }
+
+    fn url(&self) -> String {
+        let base = self.admin_url.rsplit_once('/').map_or("", |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+
+    async fn drop_it(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+fn replica_config(
+    db: &Database,
+    dir: &std::path::Path,
+    master_key: &std::path::Path,
+) -> ServeConfig {
+    let mut config = ServeConfig::for_data_dir(dir.to_path_buf());
+    config.database = Some(db.url());
+    config.master_key_file = Some(master_key.to_path_buf());
+    // Behind one load balancer, every replica is the same issuer.
+    config.issuer_url = Some(ISSUER.into());
+    config
+}
+
+fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("master.key");
+    std::fs::write(
+        &path,
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+async fn issue(s: &TestServer, token: &str, key_pem: &str, request_id: &str) -> (u16, Value) {
+    let resp = http()
+        .post(s.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
+        )))
+        .bearer_auth(token)
+        .json(&json!({"publicKey": key_pem, "certDuration": "3600s", "requestId": request_id}))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_postgres_serve_as_one() {
+    let db = Database::create().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = master_key_file(secrets.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+
+    // Started together: one administrator, one root policy, one signing key.
+    let (a, b) = tokio::join!(
+        TestServer::start_with(replica_config(&db, dir_a.path(), &key)),
+        TestServer::start_with(replica_config(&db, dir_b.path(), &key)),
+    );
+    let tokens: Vec<&String> = [&a.token, &b.token]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "exactly one replica created the administrator"
+    );
+    let token = tokens[0].clone();
+    let store = PgStore::connect(&db.url(), PgStoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.signing_keys().await.unwrap().len(),
+        1,
+        "one signing key"
+    );
+
+    // Created through one replica, read through the other.
+    let resp = http()
+        .post(a.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
+        .bearer_auth(&token)
+        .json(&json!({"network": "default"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http()
+        .get(b.url(&format!("/alloydb/v1/{LOC}/clusters/c1")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    // One request id sent to both replicas at once, then retried on each: one certificate.
+    let client_key = p256().public_key_pem();
+    let rid = "6f1f8f0e-6a39-4a8e-9d0a-2b1e5d3c4a11";
+    let (ra, rb) = tokio::join!(
+        issue(&a, &token, &client_key, rid),
+        issue(&b, &token, &client_key, rid)
+    );
+    assert_eq!(ra.0, 200, "{}", ra.1);
+    assert_eq!(rb.0, 200, "{}", rb.1);
+    assert_eq!(ra.1, rb.1, "both replicas answer the one certificate");
+    for s in [&a, &b] {
+        assert_eq!(issue(s, &token, &client_key, rid).await.1, ra.1);
+    }
+
+    // Many distinct requests over both replicas: each recorded once, no serial twice.
+    let mut calls = Vec::new();
+    for n in 0..40 {
+        let s = if n % 2 == 0 { &a } else { &b };
+        let (token, key) = (token.clone(), client_key.clone());
+        let rid = format!("00000000-0000-4000-8000-{n:012}");
+        calls.push(async move { issue(s, &token, &key, &rid).await });
+    }
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.iter().all(|(code, _)| *code == 200));
+    let recorded = store
+        .list_issuances(&ca_owner("alloydb.Cluster", &format!("{LOC}/clusters/c1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded.len(),
+        41,
+        "1 + 40 certificates, each recorded once"
+    );
+    let serials: std::collections::HashSet<_> = recorded.iter().map(|r| &r.serial_hex).collect();
+    assert_eq!(serials.len(), 41);
+
+    // A service-account token minted by one replica acts on the other.
+    let (account, key_file) = account_with_key(&a, PROJECT, "robot-replica").await;
+    add_binding(
+        &a,
+        PROJECT,
+        &format!("serviceAccount:{}", account.email),
+        "roles/alloydb.viewer",
+    )
+    .await
+    .unwrap();
+    let minted = access_token(token_for(&a, &key_file, json!({})).await);
+    let resp = http()
+        .get(b.url(&format!("/alloydb/v1/{LOC}/clusters")))
+        .bearer_auth(&minted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    // The audit chain both replicas wrote verifies.
+    let events = store
+        .list_audit(&clustercred_store::AuditFilter::default())
+        .await
+        .unwrap();
+    clustercred_store::verify_chain(&events).unwrap();
+
+    a.stop().await;
+    b.stop().await;
+    store.close().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    db.drop_it().await;
+}
+
+#[tokio::test]
+async fn postgres_needs_a_master_key_given() {
+    let db = Database::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::for_data_dir(dir.path().to_path_buf());
+    config.database = Some(db.url());
+    let err = match clustercred::Server::bind(&config).await {
+        Ok(_) => panic!("a replica must not generate its own master key"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("master key"), "{err}");
+    assert!(!dir.path().join("master.key").exists());
+    db.drop_it().await;
+}
