@@ -56,6 +56,7 @@ kit!(
     bearer_tokens_expire,
     cache_sees_other_writers_within_its_staleness,
     concurrent_first_audit_keys_agree,
+    concurrent_first_starts_agree_on_key_and_administrator,
 );
 
 /// Replicas starting at once on an empty database: the migrator's advisory lock lets one create the schema;

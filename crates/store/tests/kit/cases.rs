@@ -1145,3 +1145,61 @@ pub async fn concurrent_first_audit_keys_agree(env: &Env) {
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(stores[0].audit_keys().await.unwrap().len(), 1);
 }
+
+/// Replicas starting together: one first signing key, one administrator with one token.
+pub async fn concurrent_first_starts_agree_on_key_and_administrator(env: &Env) {
+    let stores = [env.store().await, env.store().await];
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let s = stores[usize::from(i) % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let key = s
+                .first_signing_key(&SigningKeyRecord {
+                    kid: format!("sig{i}"),
+                    key_der: vec![i],
+                    create_time_unix: 1,
+                })
+                .await
+                .unwrap();
+            let admin = PrincipalRecord {
+                id: "admin".into(),
+                kind: "user".into(),
+                display_name: "first".into(),
+                create_time_unix: 1,
+            };
+            let created = s.create_user(&admin, &[i; 32], None).await.unwrap();
+            (key.kid, created, i)
+        }));
+    }
+    let mut kids = HashSet::new();
+    let mut creators = Vec::new();
+    for task in tasks {
+        let (kid, created, i) = task.await.unwrap();
+        kids.insert(kid);
+        if created {
+            creators.push(i);
+        }
+    }
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    assert_eq!(stores[0].signing_keys().await.unwrap().len(), 1);
+    assert_eq!(creators.len(), 1, "{creators:?}");
+    let winner = creators[0];
+    for i in 0..6u8 {
+        let found = stores[1].principal_for_bearer(&[i; 32], 0).await.unwrap();
+        assert_eq!(
+            found.is_some(),
+            i == winner,
+            "only the creator's token exists"
+        );
+    }
+    // With a key stored, a later first start keeps it.
+    let kept = stores[1]
+        .first_signing_key(&SigningKeyRecord {
+            kid: "late".into(),
+            key_der: vec![9],
+            create_time_unix: 2,
+        })
+        .await
+        .unwrap();
+    assert!(kids.contains(&kept.kid));
+}
