@@ -33,8 +33,11 @@ pub struct AttachedClustersService {
     ctx: Arc<Ctx>,
     /// Parsed JWKS per cluster, with the stored text they came from: parsing RSA keys on every exchange
     /// would cost more than verifying the token.
-    jwks: Arc<std::sync::Mutex<HashMap<String, (Vec<u8>, Arc<Jwks>)>>>,
+    jwks: Arc<std::sync::Mutex<JwksCache>>,
 }
+
+/// Cluster name → (the stored JWKS text, its parsed keys).
+type JwksCache = HashMap<String, (Vec<u8>, Arc<Jwks>)>;
 
 /// Clusters whose parsed keys are kept at most; past it the cache starts over.
 const JWKS_CACHE_ENTRIES: usize = 4096;
