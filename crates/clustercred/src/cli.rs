@@ -228,6 +228,10 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
             master_key_file,
         } => {
             let store = open(&dir).await?;
+            crate::database::require_shared_master_key(
+                dir.database.as_deref(),
+                master_key_file.as_deref(),
+            )?;
             let master = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
             let now = SystemClock.now().unix_timestamp();
             let signer = bootstrap::audit_key(store.as_ref(), &master, now).await?;
@@ -439,6 +443,10 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             master_key_file,
             issuer_url,
         } => {
+            crate::database::require_shared_master_key(
+                dir.database.as_deref(),
+                master_key_file.as_deref(),
+            )?;
             let store = open(&dir).await?;
             let master = Arc::new(bootstrap::master_key(
                 &dir.data_dir,
@@ -550,6 +558,10 @@ pub async fn keys(command: KeysCommand) -> Result<()> {
         master_key_file,
         new_master_key_file,
     } = command;
+    crate::database::require_shared_master_key(
+        dir.database.as_deref(),
+        master_key_file.as_deref(),
+    )?;
     let store = open(&dir).await?;
     let current = bootstrap::master_key(&dir.data_dir, master_key_file.as_deref())?;
     let new = if new_master_key_file.exists() {
