@@ -471,7 +471,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         md,
         "\nThe bench creates its clusters through the API with the admin token (`clustercred-bench setup`). Raw \
          per-run results are JSON (`clustercred-bench run --json`); `clustercred-bench run --help` drives one \
-         flow against any server."
+         flow against any server.\n\nMicro-benchmarks of the hot paths (criterion, `cargo bench -p \
+         clustercred-bench`): [micro.md](micro.md)."
     );
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("README.md"), md)?;
