@@ -1,7 +1,11 @@
 """Fixtures: a real clustercred server on an ephemeral port, and the official Google clients pointed at it."""
 
+import base64
 import os
 import queue
+import secrets
+import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -53,7 +57,7 @@ class AuthInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 class Server:
-    def __init__(self, data_dir, extra_args=()):
+    def __init__(self, data_dir, extra_args=(), token=None):
         self.data_dir = data_dir
         self.tls = "--tls-auto" in extra_args
         binary = os.environ["CLUSTERCRED_BIN"]
@@ -72,8 +76,10 @@ class Server:
             raise RuntimeError("clustercred did not announce its address within 60 s")
         assert line.startswith("listening on "), line
         self.addr = line.split()[-1]
-        with open(os.path.join(data_dir, "admin.token")) as f:
-            self.token = f.read().strip()
+        if token is None:
+            with open(os.path.join(data_dir, "admin.token")) as f:
+                token = f.read().strip()
+        self.token = token
 
     @property
     def url(self):
@@ -128,10 +134,92 @@ class Server:
         )
 
 
+class RoundRobin:
+    """A TCP proxy on loopback that hands each new connection to the next backend in turn, as a load balancer
+    in front of replicas does."""
+
+    def __init__(self, backends):
+        self.backends = backends
+        self.next = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            host, port = self.backends[self.next % len(self.backends)].rsplit(":", 1)
+            self.next += 1
+            try:
+                upstream = socket.create_connection((host, int(port)))
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+class ReplicaPair(Server):
+    """Two replicas on one fresh PostgreSQL database behind a round-robin proxy, looking like one Server."""
+
+    def __init__(self, base, admin_url):
+        self.tls = False
+        self.dbname = "conformance_%d_%s" % (os.getpid(), secrets.token_hex(4))
+        self.admin_url = admin_url
+        psql = shutil.which("psql")
+        assert psql, "the replica-pair conformance run needs psql"
+        subprocess.run([psql, admin_url, "-qc", f"CREATE DATABASE {self.dbname}"], check=True)
+        url = admin_url.rsplit("/", 1)[0] + "/" + self.dbname
+        key = os.path.join(base, "master.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        self.proxy = RoundRobin([])
+        # One issuer behind the balancer; caches read the change epoch on every read, so a change made through
+        # one replica is seen by the next request on the other (the suite's steps depend on that).
+        args = ["--database", url, "--master-key-file", key, "--issuer-url", f"http://{self.proxy.addr}",
+                "--cache-staleness-ms", "0"]
+        dirs = [os.path.join(base, n) for n in ("a", "b")]
+        for d in dirs:
+            os.mkdir(d, 0o700)
+        self.replicas = [Server(dirs[0], args)]
+        self.replicas.append(Server(dirs[1], args, token=self.replicas[0].token))
+        self.proxy.backends = [r.addr for r in self.replicas]
+        self.addr = self.proxy.addr
+        self.token = self.replicas[0].token
+
+    def stop(self):
+        self.proxy.close()
+        for r in self.replicas:
+            r.stop()
+        subprocess.run(["psql", self.admin_url, "-qc", f"DROP DATABASE IF EXISTS {self.dbname} WITH (FORCE)"])
+
+
 @pytest.fixture(scope="session")
 def server():
+    """One server on SQLite; or, with CLUSTERCRED_CONFORMANCE_POSTGRES set, a replica pair on PostgreSQL."""
     with tempfile.TemporaryDirectory(prefix="clustercred-conformance-") as d:
-        s = Server(d)
+        postgres = os.environ.get("CLUSTERCRED_CONFORMANCE_POSTGRES")
+        s = ReplicaPair(d, postgres) if postgres else Server(d)
         yield s
         s.stop()
 

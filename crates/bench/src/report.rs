@@ -472,7 +472,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         "\nThe bench creates its clusters through the API with the admin token (`clustercred-bench setup`). Raw \
          per-run results are JSON (`clustercred-bench run --json`); `clustercred-bench run --help` drives one \
          flow against any server.\n\nMicro-benchmarks of the hot paths (criterion, `cargo bench -p \
-         clustercred-bench`): [micro.md](micro.md)."
+         clustercred-bench`): [micro.md](micro.md). What changed the figures, and where issue 14's targets stand: \
+         [history.md](history.md)."
     );
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("README.md"), md)?;
