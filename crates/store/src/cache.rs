@@ -5,6 +5,9 @@
 //! the CLI on the same data directory) bumps the store's change epoch in its own transaction; the cache reads
 //! the epoch at most once per `staleness` and clears itself when it moved, so such a change (a revoked token,
 //! a removed binding) takes effect here within `staleness`.
+//!
+//! When the store is unreachable, calls through the cache fail at once with `Unavailable` for a short while
+//! after a failure (a circuit breaker), so a request pays at most one connection timeout, not one per read.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,6 +19,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::*;
+
+/// How long after an `Unavailable` answer calls fail at once instead of trying the store again.
+const BREAK_MS: i64 = 1000;
 
 /// Entries per map at most; a full map is emptied rather than grown (names can come from callers).
 const MAX_ENTRIES: usize = 10_000;
@@ -52,6 +58,8 @@ pub struct CachedStore {
     checked_ms: AtomicI64,
     checking: AtomicBool,
     epoch: AtomicI64,
+    /// Until when (ms since `started`) calls fail at once: the store just answered `Unavailable`.
+    down_until_ms: AtomicI64,
     /// Bumped by every clear: a read that began before a clear does not put its (possibly old) answer back.
     generation: AtomicU64,
     policies: Map<String, Option<PolicyRecord>>,
@@ -70,6 +78,7 @@ impl CachedStore {
             checked_ms: AtomicI64::new(i64::MIN),
             checking: AtomicBool::new(false),
             epoch: AtomicI64::new(i64::MIN),
+            down_until_ms: AtomicI64::new(i64::MIN),
             generation: AtomicU64::new(0),
             policies: Map::new(),
             resources: Map::new(),
@@ -92,9 +101,29 @@ impl CachedStore {
         i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// Fails at once while the breaker is open.
+    fn up(&self) -> Result<()> {
+        if self.now_ms() < self.down_until_ms.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "the database did not answer moments ago; try again shortly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the breaker when the store answered `Unavailable`.
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(StoreError::Unavailable(_)) = &result {
+            self.down_until_ms
+                .store(self.now_ms().saturating_add(BREAK_MS), Ordering::Release);
+        }
+        result
+    }
+
     /// Reads the change epoch if it was last read more than `staleness` ago, and clears the cache if it moved.
     /// One caller reads it; the others go on with the cache meanwhile.
-    async fn refresh(&self) {
+    async fn refresh(&self) -> Result<()> {
+        self.up()?;
         let due = self
             .checked_ms
             .load(Ordering::Acquire)
@@ -106,19 +135,24 @@ impl CachedStore {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
         {
-            return;
+            return Ok(());
         }
-        match self.inner.change_epoch().await {
+        let result = match self.note(self.inner.change_epoch().await) {
             Ok(epoch) => {
                 if self.epoch.swap(epoch, Ordering::AcqRel) != epoch {
                     self.clear();
                 }
                 self.checked_ms.store(self.now_ms(), Ordering::Release);
+                Ok(())
             }
-            // Unknown state: trust nothing cached; the next read tries again.
-            Err(_) => self.clear(),
-        }
+            // Unknown state: trust nothing cached.
+            Err(e) => {
+                self.clear();
+                Err(e)
+            }
+        };
         self.checking.store(false, Ordering::Release);
+        result
     }
 
     /// A cached answer, or the store's (remembered unless a clear happened meanwhile).
@@ -128,12 +162,12 @@ impl CachedStore {
         V: Clone,
         F: Future<Output = Result<V>>,
     {
-        self.refresh().await;
+        self.refresh().await?;
         if let Some(v) = map.get(&key) {
             return Ok(v);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let v = load.await?;
+        let v = self.note(load.await)?;
         if self.generation.load(Ordering::SeqCst) == generation {
             map.put(key, v.clone());
         }
@@ -143,7 +177,8 @@ impl CachedStore {
     /// Runs a write and clears the cache after it, whatever its result (a failed write may still have
     /// committed before the connection broke).
     async fn changing<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {
-        let result = write.await;
+        self.up()?;
+        let result = self.note(write.await);
         self.clear();
         result
     }
@@ -236,7 +271,8 @@ impl Store for CachedStore {
 
     async fn write_batch(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
         // Issuances, tokens and audit events: nothing the cache holds.
-        self.inner.write_batch(items).await
+        self.up()?;
+        self.note(self.inner.write_batch(items).await)
     }
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>> {
@@ -298,14 +334,14 @@ impl Store for CachedStore {
     }
 
     async fn bearer(&self, token_sha256: &[u8]) -> Result<Option<BearerRecord>> {
-        self.refresh().await;
+        self.refresh().await?;
         if let Some(b) = self.bearers.get(&token_sha256.to_vec()) {
             return Ok(Some(b));
         }
         // Only tokens that exist are remembered: unknown ones come from guessing callers, who are throttled
         // before they get here.
         let generation = self.generation.load(Ordering::SeqCst);
-        let found = self.inner.bearer(token_sha256).await?;
+        let found = self.note(self.inner.bearer(token_sha256).await)?;
         if let Some(b) = &found
             && self.generation.load(Ordering::SeqCst) == generation
         {
