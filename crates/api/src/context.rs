@@ -522,7 +522,7 @@ impl Ctx {
             // A record past its retention, not purged yet, must not block a new request under its id.
             IssuanceOutcome::Replay(old) if old.create_time_unix < retention_start => {
                 self.store
-                    .purge_idempotency(retention_start)
+                    .purge_idempotency(retention_start, PURGE_BATCH)
                     .await
                     .map_err(|e| from_store("purging old request ids", e))?;
                 record().await?
@@ -538,6 +538,9 @@ impl Ctx {
         }
     }
 }
+
+/// Request ids forgotten per purge transaction.
+pub const PURGE_BATCH: u32 = 10_000;
 
 fn replay<R: Message + Default>(existing: IdempotencyRecord, hash: &[u8]) -> Result<R, Status> {
     if existing.request_hash != hash {

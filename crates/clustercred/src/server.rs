@@ -280,12 +280,26 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let ctx = self.ctx.clone();
         let purge = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            // Every ten minutes, in batches with a pause between them, so a backlog never holds the writer.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 tick.tick().await;
                 let before = (ctx.now() - ctx.settings.idempotency_retention).unix_timestamp();
-                if let Err(e) = ctx.store.purge_idempotency(before).await {
-                    tracing::warn!(error = %e, "purging old request ids failed");
+                loop {
+                    match ctx
+                        .store
+                        .purge_idempotency(before, clustercred_api::context::PURGE_BATCH)
+                        .await
+                    {
+                        Ok(n) if n >= u64::from(clustercred_api::context::PURGE_BATCH) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging old request ids failed");
+                            break;
+                        }
+                    }
                 }
             }
         });

@@ -2,6 +2,8 @@
 //! records, a retry with its request id gets the same certificate back, and `audit verify` passes. Run on the
 //! real binary, on SQLite and on PostgreSQL.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -194,17 +196,7 @@ async fn kill_9_under_load_on_postgres_loses_nothing() {
         .unwrap();
     let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    {
-        use base64::Engine;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(
-            &key,
-            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let key = common::master_key_file(dir.path());
     let database = format!("--database={url}");
     let master = format!("--master-key-file={}", key.display());
     let store_url = url.clone();

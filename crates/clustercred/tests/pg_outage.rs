@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -115,19 +115,6 @@ impl Drop for Cluster {
     }
 }
 
-fn master_key(dir: &Path) -> PathBuf {
-    use base64::Engine;
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("master.key");
-    std::fs::write(
-        &path,
-        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 async fn issue(s: &TestServer, key_pem: &str) -> (u16, Value) {
     let resp = http()
         .post(s.url(&format!(
@@ -153,7 +140,7 @@ async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServeConfig::for_data_dir(dir.path().join("data"));
     config.database = Some(pg.url());
-    config.master_key_file = Some(master_key(dir.path()));
+    config.master_key_file = Some(master_key_file(dir.path()));
     let s = TestServer::start_with(config).await;
     let resp = http()
         .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))

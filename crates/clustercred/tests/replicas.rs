@@ -73,19 +73,6 @@ fn replica_config(
     config
 }
 
-fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
-    use base64::Engine;
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("master.key");
-    std::fs::write(
-        &path,
-        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 async fn issue(s: &TestServer, token: &str, key_pem: &str, request_id: &str) -> (u16, Value) {
     let resp = http()
         .post(s.url(&format!(

@@ -279,8 +279,8 @@ impl Store for CachedStore {
         self.inner.list_issuances(owner).await
     }
 
-    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {
-        self.inner.purge_idempotency(before_unix).await
+    async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64> {
+        self.inner.purge_idempotency(before_unix, limit).await
     }
 
     async fn next_counter(&self, name: &str) -> Result<i64> {

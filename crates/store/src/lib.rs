@@ -215,8 +215,10 @@ pub trait Store: Send + Sync + 'static {
         single(self.write_batch(std::slice::from_ref(&item)).await?).map(|_| ())
     }
 
-    /// Forgets idempotency records created before `before_unix`.
-    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64>;
+    /// Forgets idempotency records created before `before_unix`, the oldest first and at most `limit` of them
+    /// (on the time index, one short transaction: a large backlog is purged in batches without holding the
+    /// write lock long); returns how many went.
+    async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64>;
 
     /// Atomically increments and returns a named counter (starting at 1).
     async fn next_counter(&self, name: &str) -> Result<i64>;

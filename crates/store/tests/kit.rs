@@ -57,6 +57,7 @@ kit!(
     cache_sees_other_writers_within_its_staleness,
     concurrent_first_audit_keys_agree,
     concurrent_first_starts_agree_on_key_and_administrator,
+    expired_request_ids_are_purged_in_bounded_batches,
 );
 
 /// Replicas starting at once on an empty database: the migrator's advisory lock lets one create the schema;

@@ -226,3 +226,17 @@ pub fn access_token(reply: (u16, serde_json::Value)) -> String {
     assert_eq!(reply.0, 200, "{}", reply.1);
     reply.1["access_token"].as_str().unwrap().to_string()
 }
+
+/// A master key file (32 random bytes, base64, mode 0600) for servers that must share one.
+pub fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("master.key");
+    std::fs::write(
+        &path,
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}

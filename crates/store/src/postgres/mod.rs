@@ -676,14 +676,17 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM idempotency WHERE create_time < $1")
-                .bind(before_unix)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+    async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency WHERE (scope, request_id) IN \
+                 (SELECT scope, request_id FROM idempotency WHERE create_time < $1 \
+                  ORDER BY create_time LIMIT $2)",
         )
+        .bind(before_unix)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn next_counter(&self, name: &str) -> Result<i64> {

@@ -864,12 +864,16 @@ impl Store for SqliteStore {
         Ok(stored)
     }
 
-    async fn purge_idempotency(&self, before_unix: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM idempotency WHERE create_time < ?")
-            .bind(before_unix)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+    async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency WHERE rowid IN \
+             (SELECT rowid FROM idempotency WHERE create_time < ? ORDER BY create_time LIMIT ?)",
+        )
+        .bind(before_unix)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn next_counter(&self, name: &str) -> Result<i64> {

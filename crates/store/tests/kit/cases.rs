@@ -326,7 +326,7 @@ pub async fn issuance_with_idempotency_replays_the_first_winner(env: &Env) {
         s.get_idempotent(&first.scope, "r1").await.unwrap(),
         Some(first.clone())
     );
-    assert_eq!(s.purge_idempotency(101).await.unwrap(), 1);
+    assert_eq!(s.purge_idempotency(101, 1000).await.unwrap(), 1);
     assert!(
         s.get_idempotent(&first.scope, "r1")
             .await
@@ -1202,4 +1202,52 @@ pub async fn concurrent_first_starts_agree_on_key_and_administrator(env: &Env) {
         .await
         .unwrap();
     assert!(kids.contains(&kept.kid));
+}
+
+/// Old request ids go oldest first, in batches of the size asked; newer ones stay.
+pub async fn expired_request_ids_are_purged_in_bounded_batches(env: &Env) {
+    let s = env.store().await;
+    for n in 0..5 {
+        let rid = format!("old{n}");
+        let mut record = idem(&rid, n);
+        record.create_time_unix = 10 + i64::from(n);
+        s.record_issuance(
+            &issuance(&format!("s{n}"), C1, Some(&rid)),
+            Some(&record),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let mut fresh = idem("fresh", 9);
+    fresh.create_time_unix = 500;
+    s.record_issuance(&issuance("s9", C1, Some("fresh")), Some(&fresh), None)
+        .await
+        .unwrap();
+    assert_eq!(s.purge_idempotency(100, 2).await.unwrap(), 2);
+    assert!(
+        s.get_idempotent(&fresh.scope, "old0")
+            .await
+            .unwrap()
+            .is_none(),
+        "oldest first"
+    );
+    assert!(
+        s.get_idempotent(&fresh.scope, "old2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.purge_idempotency(100, 2).await.unwrap(), 2);
+    assert_eq!(s.purge_idempotency(100, 2).await.unwrap(), 1);
+    assert_eq!(s.purge_idempotency(100, 2).await.unwrap(), 0);
+    assert_eq!(
+        s.get_idempotent(&fresh.scope, "fresh").await.unwrap(),
+        Some(fresh)
+    );
+    assert_eq!(
+        s.list_issuances(C1).await.unwrap().len(),
+        6,
+        "issuance records are kept"
+    );
 }
