@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use crate::*;
 
@@ -286,26 +286,6 @@ async fn insert_operation(c: &mut PgConnection, op: &OperationRecord) -> Result<
     Ok(())
 }
 
-async fn insert_issuance(c: &mut PgConnection, issuance: &IssuanceRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, request_id, \
-         public_key_sha256, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&issuance.serial_hex)
-    .bind(&issuance.owner)
-    .bind(&issuance.kind)
-    .bind(&issuance.subject)
-    .bind(issuance.not_before_unix)
-    .bind(issuance.not_after_unix)
-    .bind(&issuance.requester)
-    .bind(&issuance.request_id)
-    .bind(&issuance.public_key_sha256)
-    .bind(issuance.create_time_unix)
-    .execute(c)
-    .await?;
-    Ok(())
-}
-
 /// Inserts the idempotency record unless its key is taken; answers the record that holds the key if so.
 /// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same key to commit or roll back, so the
 /// read that follows sees the winner. If the winner vanished meanwhile (purged), the claim is tried again.
@@ -371,53 +351,133 @@ fn like_escaped(s: &str) -> String {
 
 #[async_trait]
 impl BatchWriter for PgWriter {
+    /// One transaction, a constant number of statements whatever the batch size (each is a round trip to the
+    /// server): lock the head, claim the request ids, insert issuances, tokens and audit events in one
+    /// multi-row statement each, write the head back.
     async fn write_now(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         // Every batch takes the head first, even one without events: batches of all replicas then run one
         // after another, so two batches claiming the same request ids in different orders cannot deadlock.
         let mut head = lock_head(&mut tx).await?;
+        // Request ids: insert-or-nothing in item order (PostgreSQL inserts a VALUES list in order, and DO
+        // NOTHING skips a later duplicate of the same statement), so of two items with one id the first wins.
+        let claims: Vec<&IdempotencyRecord> = items
+            .iter()
+            .filter_map(|item| match item {
+                WriteItem::Issuance {
+                    idempotency: Some(r),
+                    ..
+                } => Some(r),
+                _ => None,
+            })
+            .collect();
+        let mut claimed = std::collections::HashSet::new();
+        if !claims.is_empty() {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) ",
+            );
+            q.push_values(&claims, |mut b, r| {
+                b.push_bind(&r.scope)
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.request_hash)
+                    .push_bind(&r.response)
+                    .push_bind(r.create_time_unix);
+            });
+            q.push(" ON CONFLICT (scope, request_id) DO NOTHING RETURNING scope, request_id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                claimed.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+            }
+        }
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut issuances = Vec::new();
+        let mut tokens = Vec::new();
+        let mut events = Vec::new();
         for item in items {
-            let (audit, outcome) = match item {
+            match item {
                 WriteItem::Issuance {
                     issuance,
                     idempotency,
                     audit,
                 } => {
-                    let winner = match idempotency {
-                        Some(idem) => claim_request_id(&mut tx, idem).await?,
-                        None => None,
-                    };
-                    match winner {
-                        // Someone with the same id finished first: keep theirs, write nothing of ours.
-                        Some(record) => (None, IssuanceOutcome::Replay(record)),
-                        None => {
-                            insert_issuance(&mut tx, issuance).await?;
-                            (audit.as_ref(), IssuanceOutcome::Recorded)
+                    if let Some(idem) = idempotency
+                        && !claimed.remove(&(idem.scope.clone(), idem.request_id.clone()))
+                    {
+                        // Taken: by a committed record, or by an earlier item of this batch. (If the holder
+                        // vanished meanwhile, purged, the claim is tried again on its own.)
+                        if let Some(winner) = claim_request_id(&mut tx, idem).await? {
+                            outcomes.push(IssuanceOutcome::Replay(winner));
+                            continue;
                         }
                     }
+                    issuances.push(issuance);
+                    events.extend(audit.as_ref());
                 }
                 WriteItem::Token { token, audit } => {
-                    sqlx::query(
-                        "INSERT INTO tokens (token_id, owner, subject, expires, create_time) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(&token.token_id)
-                    .bind(&token.owner)
-                    .bind(&token.subject)
-                    .bind(token.expires_unix)
-                    .bind(token.create_time_unix)
-                    .execute(&mut *tx)
-                    .await?;
-                    (audit.as_ref(), IssuanceOutcome::Recorded)
+                    tokens.push(token);
+                    events.extend(audit.as_ref());
                 }
-                WriteItem::Audit(event) => (Some(event), IssuanceOutcome::Recorded),
-            };
-            if let Some(event) = audit {
-                append(&mut tx, &mut head, event).await?;
+                WriteItem::Audit(event) => events.push(event),
             }
-            outcomes.push(outcome);
+            outcomes.push(IssuanceOutcome::Recorded);
+        }
+        if !issuances.is_empty() {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, \
+                 request_id, public_key_sha256, create_time) ",
+            );
+            q.push_values(&issuances, |mut b, i| {
+                b.push_bind(&i.serial_hex)
+                    .push_bind(&i.owner)
+                    .push_bind(&i.kind)
+                    .push_bind(&i.subject)
+                    .push_bind(i.not_before_unix)
+                    .push_bind(i.not_after_unix)
+                    .push_bind(&i.requester)
+                    .push_bind(&i.request_id)
+                    .push_bind(&i.public_key_sha256)
+                    .push_bind(i.create_time_unix);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        if !tokens.is_empty() {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO tokens (token_id, owner, subject, expires, create_time) ",
+            );
+            q.push_values(&tokens, |mut b, t| {
+                b.push_bind(&t.token_id)
+                    .push_bind(&t.owner)
+                    .push_bind(&t.subject)
+                    .push_bind(t.expires_unix)
+                    .push_bind(t.create_time_unix);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        if !events.is_empty() {
+            let mut rows = Vec::with_capacity(events.len());
+            for event in events {
+                let hash = event.chain_hash(&head.hash);
+                let json =
+                    serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
+                head.seq += 1;
+                let prev = std::mem::replace(&mut head.hash, hash.clone());
+                rows.push((head.seq, event, json, prev, hash));
+            }
+            head.moved = true;
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO audit_events (seq, event, principal, method, resource, time_nanos, prev_hash, hash) ",
+            );
+            q.push_values(&rows, |mut b, (seq, event, json, prev, hash)| {
+                b.push_bind(*seq)
+                    .push_bind(json)
+                    .push_bind(&event.principal)
+                    .push_bind(&event.method)
+                    .push_bind(&event.resource)
+                    .push_bind(event.time_unix_nanos)
+                    .push_bind(prev)
+                    .push_bind(hash);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         save_head(&mut tx, &head).await?;
         finish(tx.commit().await, &mut conn)?;
