@@ -64,8 +64,18 @@ async fn auto_certificate(
                 not_after_unix: ca.not_after().unix_timestamp(),
                 create_time_unix: now.unix_timestamp(),
             };
-            store.put_ca(&record).await?;
-            ca
+            match store.put_ca(&record).await {
+                Ok(()) => ca,
+                // Another replica on the same database stored its CA first: use that one.
+                Err(clustercred_store::StoreError::AlreadyExists) => {
+                    let record = store.get_ca(TLS_CA_OWNER).await?.ok_or_else(|| {
+                        anyhow::anyhow!("the TLS server CA vanished while starting")
+                    })?;
+                    let key = master.open(&record.key_der, &ca_key_context(TLS_CA_OWNER))?;
+                    ClusterCa::from_material(&record.cert_pem, &key)?
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     let ca_file = dir.join(TLS_CA_FILE);

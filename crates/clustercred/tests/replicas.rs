@@ -217,3 +217,27 @@ async fn postgres_needs_a_master_key_given() {
     assert!(!dir.path().join("master.key").exists());
     db.drop_it().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_share_one_tls_server_ca() {
+    let db = Database::create().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = master_key_file(secrets.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tls = |dir: &std::path::Path| {
+        let mut config = replica_config(&db, dir, &key);
+        config.tls_auto = true;
+        config
+    };
+    let (config_a, config_b) = (tls(dir_a.path()), tls(dir_b.path()));
+    let (a, b) = tokio::join!(
+        clustercred::Server::bind(&config_a),
+        clustercred::Server::bind(&config_b),
+    );
+    let (a, b) = (a.expect("replica a starts"), b.expect("replica b starts"));
+    let ca =
+        |s: &clustercred::Server| std::fs::read_to_string(s.tls_ca_file.as_ref().unwrap()).unwrap();
+    assert_eq!(ca(&a), ca(&b), "one server CA for the whole deployment");
+    drop((a, b));
+    db.drop_it().await;
+}
