@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use clustercred_proto::google::cloud::alloydb::v1::GenerateClientCertificateRequest;
-use clustercred_transport::{ApiMount, RestGateway};
+use clustercred_transport::RestGateway;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use prost::Message;
@@ -16,31 +16,10 @@ use serde_json::json;
 
 const CLUSTER: &str = "projects/p1/locations/us-central1/clusters/c1";
 
-/// The mounts the server serves (clustercred's `server::mounts`).
-fn mounts() -> Vec<ApiMount> {
-    let mount = |prefix: &str, packages: &[&str]| ApiMount {
-        prefix: prefix.to_string(),
-        packages: packages.iter().map(|p| p.to_string()).collect(),
-        host_markers: vec![format!("{prefix}.")],
-    };
-    vec![
-        mount("alloydb", &["google.cloud.alloydb.", "google.longrunning."]),
-        mount(
-            "edgecontainer",
-            &["google.cloud.edgecontainer.", "google.longrunning."],
-        ),
-        mount(
-            "gkemulticloud",
-            &["google.cloud.gkemulticloud.", "google.longrunning."],
-        ),
-        mount("iam", &["google.iam.admin."]),
-        mount("cloudresourcemanager", &["google.cloudresourcemanager."]),
-    ]
-}
-
 fn transcode(c: &mut Criterion) {
     let pool = DescriptorPool::decode(clustercred_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
-    let gateway = RestGateway::new(pool, mounts(), Vec::new()).expect("gateway");
+    let gateway =
+        RestGateway::new(pool, clustercred::server::mounts(), Vec::new()).expect("gateway");
     let uri: Uri = format!("/alloydb/v1/{CLUSTER}:generateClientCertificate")
         .parse()
         .expect("URI");
