@@ -271,6 +271,39 @@ pub async fn signing_key(
     TokenSigner::from_pkcs8(&der).context("loading the token-signing key")
 }
 
+/// How long a replaced token-signing key keeps verifying: the longest token lifetime (1 h) and a margin for
+/// clock skew.
+pub const SIGNING_KEY_OVERLAP_SECS: i64 = 3600 + 300;
+
+/// The token-signing keys in use, the current (newest) one first: every stored key but those replaced more
+/// than [`SIGNING_KEY_OVERLAP_SECS`] ago, so a token signed before a rotation keeps working until it expires.
+/// Generates the first key on first start.
+pub async fn signing_keys(
+    store: &dyn Store,
+    master: &MasterKey,
+    now_unix: i64,
+) -> Result<Vec<std::sync::Arc<TokenSigner>>> {
+    let current = signing_key(store, master, now_unix).await?;
+    let records = store.signing_keys().await?;
+    let mut keys = vec![std::sync::Arc::new(current)];
+    for pair in records.windows(2) {
+        let (successor, record) = (&pair[0], &pair[1]);
+        if successor.create_time_unix + SIGNING_KEY_OVERLAP_SECS < now_unix {
+            break;
+        }
+        if keys.iter().any(|k| k.kid() == record.kid) {
+            continue;
+        }
+        let der = master
+            .open(&record.key_der, &signing_key_context(&record.kid))
+            .with_context(|| format!("opening the token-signing key {}", record.kid))?;
+        keys.push(std::sync::Arc::new(
+            TokenSigner::from_pkcs8(&der).context("loading a token-signing key")?,
+        ));
+    }
+    Ok(keys)
+}
+
 pub const MASTER_KEY_FILE: &str = "master.key";
 
 /// Where the key-encryption key comes from, first match wins: `--master-key-file`, the environment

@@ -452,7 +452,8 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                 &dir.data_dir,
                 master_key_file.as_deref(),
             )?);
-            let signer = Arc::new(bootstrap::signing_key(store.as_ref(), &master, now).await?);
+            let keys = bootstrap::signing_keys(store.as_ref(), &master, now).await?;
+            let signer = keys[0].clone();
             let dyn_store: Arc<dyn Store> = store.clone();
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let settings = Settings {
@@ -461,7 +462,7 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             };
             let access = Arc::new(clustercred_api::iam::access::IamAccess::new(
                 dyn_store.clone(),
-                signer.clone(),
+                keys,
                 clock.clone(),
                 settings.token_issuer.clone(),
                 settings.token_leeway,
@@ -547,17 +548,72 @@ pub enum KeysCommand {
         #[arg(long)]
         new_master_key_file: PathBuf,
     },
+    /// Add a new token-signing key. Servers sign with it from their next start (restart replicas one by one);
+    /// tokens signed with the key it replaces keep verifying for an hour and five minutes after this.
+    RotateSigning {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The master key, when not in the environment or the data directory.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
+}
+
+async fn rotate_signing(dir: DataDir, master_key_file: Option<PathBuf>) -> Result<()> {
+    use clustercred_api::context::signing_key_context;
+    crate::database::require_shared_master_key(
+        dir.database.as_deref(),
+        master_key_file.as_deref(),
+    )?;
+    let store = open(&dir).await?;
+    let master = bootstrap::existing_master_key(&dir.data_dir, master_key_file.as_deref())?
+        .context("no master key: pass --master-key-file or set CLUSTERCRED_MASTER_KEY")?;
+    let now = SystemClock.now().unix_timestamp();
+    // Never at the same second as the key it replaces: "newest" is decided by creation time.
+    let newest = store
+        .signing_keys()
+        .await?
+        .first()
+        .map(|k| k.create_time_unix);
+    let create_time = newest.map_or(now, |t| now.max(t + 1));
+    let (signer, der) = clustercred_authority::TokenSigner::generate()?;
+    store
+        .put_signing_key(&clustercred_store::SigningKeyRecord {
+            kid: signer.kid().to_string(),
+            key_der: master.seal(&der, &signing_key_context(signer.kid()))?,
+            create_time_unix: create_time,
+        })
+        .await?;
+    store
+        .append_audit(&cli_event(
+            "signing-keys",
+            "clustercred keys rotate-signing",
+            format!("+{}", signer.kid()),
+        ))
+        .await?;
+    println!(
+        "added token-signing key {}; servers sign with it from their next start",
+        signer.kid()
+    );
+    store.close().await;
+    Ok(())
 }
 
 pub async fn keys(command: KeysCommand) -> Result<()> {
     use base64::Engine;
     use clustercred_api::context::{ca_key_context, signing_key_context};
     use clustercred_authority::MasterKey;
-    let KeysCommand::RotateMaster {
-        dir,
-        master_key_file,
-        new_master_key_file,
-    } = command;
+    let (dir, master_key_file, new_master_key_file) = match command {
+        KeysCommand::RotateMaster {
+            dir,
+            master_key_file,
+            new_master_key_file,
+        } => (dir, master_key_file, new_master_key_file),
+        KeysCommand::RotateSigning {
+            dir,
+            master_key_file,
+        } => return rotate_signing(dir, master_key_file).await,
+    };
     crate::database::require_shared_master_key(
         dir.database.as_deref(),
         master_key_file.as_deref(),

@@ -85,7 +85,8 @@ impl Server {
             &config.data_dir,
             config.master_key_file.as_deref(),
         )?);
-        let signer = Arc::new(bootstrap::signing_key(store.as_ref(), &master, now).await?);
+        let keys = bootstrap::signing_keys(store.as_ref(), &master, now).await?;
+        let signer = keys[0].clone();
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -119,7 +120,7 @@ impl Server {
         ));
         let mut access = IamAccess::new(
             dyn_store.clone(),
-            signer.clone(),
+            keys.clone(),
             clock.clone(),
             settings.token_issuer.clone(),
             settings.token_leeway,
@@ -208,7 +209,10 @@ impl Server {
             .context("reading the HTTP rules")?;
 
         let openapi = gateway.openapi_document("clustercred", env!("CARGO_PKG_VERSION"));
-        let jwks = clustercred_authority::jwks_document(&[signer.as_ref()]);
+        // Every key whose tokens are accepted, so relying parties verify tokens signed before a rotation.
+        let jwks = clustercred_authority::jwks_document(
+            &keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
+        );
         let discovery = serde_json::json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),

@@ -141,17 +141,28 @@ impl Authenticator for OpaqueTokens {
     }
 }
 
-/// Access tokens our token endpoint minted for a service account.
+/// Access tokens our token endpoint minted for a service account, signed by any key of the current set (the
+/// signing key and those it replaced less than a token lifetime ago).
 pub struct MintedTokens {
     store: Arc<dyn Store>,
-    signer: Arc<TokenSigner>,
+    keys: Vec<Arc<TokenSigner>>,
     issuer: String,
+}
+
+impl MintedTokens {
+    fn key(&self, presented: &Presented<'_>) -> Option<&TokenSigner> {
+        let kid = presented.kid()?;
+        self.keys
+            .iter()
+            .find(|k| k.kid() == kid)
+            .map(|k| k.as_ref())
+    }
 }
 
 #[async_trait]
 impl Authenticator for MintedTokens {
     fn claims(&self, presented: &Presented<'_>) -> bool {
-        presented.kid() == Some(self.signer.kid())
+        self.key(presented).is_some()
     }
 
     async fn authenticate(
@@ -161,7 +172,8 @@ impl Authenticator for MintedTokens {
     ) -> Result<Principal, Status> {
         // Only access tokens: an ID token or an agent token signed by the same key is refused here.
         let claims = self
-            .signer
+            .key(presented)
+            .ok_or_else(|| unauthenticated("invalid bearer token"))?
             .verify(
                 presented.token,
                 TokenKind::Access,
@@ -340,9 +352,10 @@ pub struct IamAccess {
 }
 
 impl IamAccess {
+    /// `keys`: the token-signing keys whose tokens are accepted (the current one first).
     pub fn new(
         store: Arc<dyn Store>,
-        signer: Arc<TokenSigner>,
+        keys: Vec<Arc<TokenSigner>>,
         clock: Arc<dyn Clock>,
         issuer: String,
         leeway: Duration,
@@ -354,7 +367,7 @@ impl IamAccess {
                 }),
                 Box::new(MintedTokens {
                     store: store.clone(),
-                    signer,
+                    keys,
                     issuer: issuer.clone(),
                 }),
                 Box::new(SelfSignedJwts {
