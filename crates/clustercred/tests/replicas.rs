@@ -102,7 +102,7 @@ async fn two_replicas_on_one_postgres_serve_as_one() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
 
     // Started together: one administrator, one root policy, one signing key.
-    let (a, b) = tokio::join!(
+    let (mut a, mut b) = tokio::join!(
         TestServer::start_with(replica_config(&db, dir_a.path(), &key)),
         TestServer::start_with(replica_config(&db, dir_b.path(), &key)),
     );
@@ -116,6 +116,9 @@ async fn two_replicas_on_one_postgres_serve_as_one() {
         "exactly one replica created the administrator"
     );
     let token = tokens[0].clone();
+    // Either replica may have won; both serve the one administrator.
+    a.token = token.clone();
+    b.token = token.clone();
     let store = PgStore::connect(&db.url(), PgStoreOptions::default())
         .await
         .unwrap();
