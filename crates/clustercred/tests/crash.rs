@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clustercred_store::{PgStore, PgStoreOptions, SqliteStore, Store, ca_owner};
-use serde_json::{Value, json};
+use common::{create_cluster_c1, issue_c1};
+use serde_json::Value;
 use sqlx::Connection;
 
 const LOC: &str = "projects/crash/locations/l1";
@@ -39,28 +40,19 @@ fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
-async fn issue(base: &str, token: &str, key_pem: &str, request_id: &str) -> Option<Value> {
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{base}/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
-        ))
-        .bearer_auth(token)
-        .json(&json!({"publicKey": key_pem, "certDuration": "3600s", "requestId": request_id}))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    resp.json().await.ok()
-}
-
 fn serial_of(answer: &Value) -> String {
     let pem_text = answer["pemCertificateChain"][0].as_str().unwrap();
     let der = pem::parse(pem_text).unwrap().into_contents();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     hex::encode(cert.tbs_certificate.raw_serial())
+}
+
+/// The certificate a client received, if the call succeeded.
+async fn issue(base: &str, token: &str, key_pem: &str, request_id: &str) -> Option<Value> {
+    match issue_c1(base, token, LOC, key_pem, Some(request_id)).await {
+        Ok((200, answer)) => Some(answer),
+        _ => None,
+    }
 }
 
 /// Loads the server from 8 clients until it dies; returns every (request id, answer) a client received.
@@ -112,14 +104,7 @@ async fn crash_and_recover(
 ) {
     let (child, base) = start(data_dir, extra);
     let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/alloydb/v1/{LOC}/clusters?clusterId=c1"))
-        .bearer_auth(&token)
-        .json(&json!({"network": "default"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(create_cluster_c1(&base, &token, LOC).await, 200);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .unwrap()
         .public_key_pem();

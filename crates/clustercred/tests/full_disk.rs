@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
 
 const LOC: &str = "projects/disk/locations/l1";
 
@@ -57,47 +56,30 @@ fn fill(path: &Path) {
     let _ = f.sync_all();
 }
 
-async fn issue(s: &TestServer, key_pem: &str) -> (u16, Value) {
-    let resp = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
-        )))
-        .bearer_auth(&s.token)
-        .json(&json!({"publicKey": key_pem, "certDuration": "3600s"}))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-async fn ready(s: &TestServer) -> (u16, String) {
-    let resp = http().get(s.url("/readyz")).send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns() {
     let fs = Tmpfs::mount("8m");
     let data = fs.path().join("data");
     let s = TestServer::start_in(data.clone()).await;
-    let resp = http()
-        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
-        .bearer_auth(&s.token)
-        .json(&json!({"network": "default"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);
     let key = p256().public_key_pem();
-    assert_eq!(issue(&s, &key).await.0, 200);
-    assert_eq!(ready(&s).await.0, 200);
+    assert_eq!(
+        issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(readyz(&s).await.0, 200);
 
     let ballast = fs.path().join("ballast");
     fill(&ballast);
     // Every issuance now fails cleanly; none claims success without its record.
     let mut unavailable = 0;
     for _ in 0..20 {
-        let (code, body) = issue(&s, &key).await;
+        let (code, body) = issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap();
         assert_ne!(
             code, 200,
             "an issuance cannot be recorded on a full disk: {body}"
@@ -110,7 +92,7 @@ async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns(
     }
     assert!(unavailable > 0, "a full disk answers UNAVAILABLE");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (code, why) = ready(&s).await;
+    let (code, why) = readyz(&s).await;
     assert_eq!(code, 503, "{why}");
     assert!(why.starts_with("not ready: "), "{why}");
 
@@ -118,7 +100,9 @@ async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns(
     std::fs::remove_file(&ballast).unwrap();
     let mut resumed = false;
     for _ in 0..50 {
-        let (code, body) = issue(&s, &key).await;
+        let (code, body) = issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap();
         if code == 200 {
             assert!(body["pemCertificateChain"].is_array(), "{body}");
             resumed = true;
@@ -128,9 +112,16 @@ async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns(
     }
     assert!(resumed, "issuance works again once space is freed");
     for _ in 0..10 {
-        assert_eq!(issue(&s, &key).await.0, 200, "and keeps working");
+        assert_eq!(
+            issue_c1(&s.url(""), &s.token, LOC, &key, None)
+                .await
+                .unwrap()
+                .0,
+            200,
+            "and keeps working"
+        );
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(ready(&s).await.0, 200);
+    assert_eq!(readyz(&s).await.0, 200);
     s.stop().await;
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use clustercred::ServeConfig;
 use common::*;
-use serde_json::{Value, json};
 
 const LOC: &str = "projects/outage/locations/l1";
 
@@ -115,25 +114,6 @@ impl Drop for Cluster {
     }
 }
 
-async fn issue(s: &TestServer, key_pem: &str) -> (u16, Value) {
-    let resp = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
-        )))
-        .bearer_auth(&s.token)
-        .json(&json!({"publicKey": key_pem, "certDuration": "3600s"}))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-async fn ready(s: &TestServer) -> (u16, String) {
-    let resp = http().get(s.url("/readyz")).send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
     let pg = Cluster::new();
@@ -142,21 +122,22 @@ async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
     config.database = Some(pg.url());
     config.master_key_file = Some(master_key_file(dir.path()));
     let s = TestServer::start_with(config).await;
-    let resp = http()
-        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
-        .bearer_auth(&s.token)
-        .json(&json!({"network": "default"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);
     let key = p256().public_key_pem();
-    assert_eq!(issue(&s, &key).await.0, 200);
+    assert_eq!(
+        issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 
     pg.stop();
     for _ in 0..3 {
         let started = Instant::now();
-        let (code, body) = issue(&s, &key).await;
+        let (code, body) = issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap();
         assert_eq!(code, 503, "{body}");
         assert_eq!(body["error"]["status"], "UNAVAILABLE", "{body}");
         assert!(
@@ -166,13 +147,15 @@ async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
         );
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (code, why) = ready(&s).await;
+    let (code, why) = readyz(&s).await;
     assert_eq!(code, 503, "{why}");
 
     pg.start();
     let back = Instant::now();
     loop {
-        let (code, body) = issue(&s, &key).await;
+        let (code, body) = issue_c1(&s.url(""), &s.token, LOC, &key, None)
+            .await
+            .unwrap();
         if code == 200 {
             assert!(body["pemCertificateChain"].is_array(), "{body}");
             break;
@@ -184,9 +167,16 @@ async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for _ in 0..5 {
-        assert_eq!(issue(&s, &key).await.0, 200, "and keeps working");
+        assert_eq!(
+            issue_c1(&s.url(""), &s.token, LOC, &key, None)
+                .await
+                .unwrap()
+                .0,
+            200,
+            "and keeps working"
+        );
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(ready(&s).await.0, 200);
+    assert_eq!(readyz(&s).await.0, 200);
     s.stop().await;
 }

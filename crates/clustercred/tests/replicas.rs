@@ -10,7 +10,7 @@ use std::time::Duration;
 use clustercred::ServeConfig;
 use clustercred_store::{PgStore, PgStoreOptions, Store, ca_owner};
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::Connection;
 
 const PROJECT: &str = "replicated";
@@ -81,19 +81,6 @@ fn replica_config(
     config
 }
 
-async fn issue(s: &TestServer, token: &str, key_pem: &str, request_id: &str) -> (u16, Value) {
-    let resp = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
-        )))
-        .bearer_auth(token)
-        .json(&json!({"publicKey": key_pem, "certDuration": "3600s", "requestId": request_id}))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_postgres_serve_as_one() {
     let db = Database::create().await;
@@ -129,14 +116,7 @@ async fn two_replicas_on_one_postgres_serve_as_one() {
     );
 
     // Created through one replica, read through the other.
-    let resp = http()
-        .post(a.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
-        .bearer_auth(&token)
-        .json(&json!({"network": "default"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(create_cluster_c1(&a.url(""), &token, LOC).await, 200);
     let resp = http()
         .get(b.url(&format!("/alloydb/v1/{LOC}/clusters/c1")))
         .bearer_auth(&token)
@@ -148,15 +128,23 @@ async fn two_replicas_on_one_postgres_serve_as_one() {
     // One request id sent to both replicas at once, then retried on each: one certificate.
     let client_key = p256().public_key_pem();
     let rid = "6f1f8f0e-6a39-4a8e-9d0a-2b1e5d3c4a11";
+    let (url_a, url_b) = (a.url(""), b.url(""));
     let (ra, rb) = tokio::join!(
-        issue(&a, &token, &client_key, rid),
-        issue(&b, &token, &client_key, rid)
+        issue_c1(&url_a, &token, LOC, &client_key, Some(rid)),
+        issue_c1(&url_b, &token, LOC, &client_key, Some(rid))
     );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.0, 200, "{}", ra.1);
     assert_eq!(rb.0, 200, "{}", rb.1);
     assert_eq!(ra.1, rb.1, "both replicas answer the one certificate");
     for s in [&a, &b] {
-        assert_eq!(issue(s, &token, &client_key, rid).await.1, ra.1);
+        assert_eq!(
+            issue_c1(&s.url(""), &token, LOC, &client_key, Some(rid))
+                .await
+                .unwrap()
+                .1,
+            ra.1
+        );
     }
 
     // Many distinct requests over both replicas: each recorded once, no serial twice.
@@ -165,7 +153,11 @@ async fn two_replicas_on_one_postgres_serve_as_one() {
         let s = if n % 2 == 0 { &a } else { &b };
         let (token, key) = (token.clone(), client_key.clone());
         let rid = format!("00000000-0000-4000-8000-{n:012}");
-        calls.push(async move { issue(s, &token, &key, &rid).await });
+        calls.push(async move {
+            issue_c1(&s.url(""), &token, LOC, &key, Some(&rid))
+                .await
+                .unwrap()
+        });
     }
     let answers = futures::future::join_all(calls).await;
     assert!(answers.iter().all(|(code, _)| *code == 200));

@@ -240,3 +240,47 @@ pub fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+/// Creates the AlloyDB cluster `{loc}/clusters/c1` over REST on the server at `base`; answers the HTTP status.
+pub async fn create_cluster_c1(base: &str, token: &str, loc: &str) -> u16 {
+    http()
+        .post(format!("{base}/alloydb/v1/{loc}/clusters?clusterId=c1"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"network": "default"}))
+        .send()
+        .await
+        .expect("create cluster")
+        .status()
+        .as_u16()
+}
+
+/// GenerateClientCertificate for `{loc}/clusters/c1` over REST on the server at `base` (with a request id when
+/// given): the HTTP status and JSON body, or the transport error (a server that went away).
+pub async fn issue_c1(
+    base: &str,
+    token: &str,
+    loc: &str,
+    key_pem: &str,
+    request_id: Option<&str>,
+) -> reqwest::Result<(u16, serde_json::Value)> {
+    let mut body = serde_json::json!({"publicKey": key_pem, "certDuration": "3600s"});
+    if let Some(id) = request_id {
+        body["requestId"] = id.into();
+    }
+    let resp = http()
+        .post(format!(
+            "{base}/alloydb/v1/{loc}/clusters/c1:generateClientCertificate"
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await?;
+    Ok((resp.status().as_u16(), resp.json().await?))
+}
+
+/// `GET /readyz`: status and body.
+pub async fn readyz(s: &TestServer) -> (u16, String) {
+    let resp = http().get(s.url("/readyz")).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}

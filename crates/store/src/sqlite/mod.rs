@@ -186,26 +186,14 @@ async fn insert_operation(
 }
 
 /// Appends an event to the chain. Runs inside a write transaction (BEGIN IMMEDIATE), so no other writer can
-/// slip an event in between reading the last link and writing the next.
+/// slip an event in between reading the last link and writing the next. (A batch appends its events in one
+/// statement, see `SqliteWriter::write_now`.)
 async fn insert_audit(tx: &mut Transaction<'static, Sqlite>, event: &AuditEvent) -> Result<()> {
-    let mut head = None;
-    append_chained(tx, event, &mut head).await
-}
-
-/// Appends `event` after `head` (the chain's last link, read from the table the first time and then carried
-/// along, so a batch reads it once).
-async fn append_chained(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &AuditEvent,
-    head: &mut Option<Vec<u8>>,
-) -> Result<()> {
-    let previous = match head.take() {
-        Some(h) => h,
-        None => sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    let previous: Vec<u8> =
+        sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
             .await?
-            .unwrap_or_default(),
-    };
+            .unwrap_or_default();
     let hash = event.chain_hash(&previous);
     let json = serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
     sqlx::query(
@@ -218,10 +206,9 @@ async fn append_chained(
     .bind(&event.resource)
     .bind(event.time_unix_nanos)
     .bind(previous)
-    .bind(&hash)
+    .bind(hash)
     .execute(&mut **tx)
     .await?;
-    *head = Some(hash);
     Ok(())
 }
 
