@@ -314,7 +314,8 @@ impl AlloyDb {
         Ok(op)
     }
 
-    /// Distinct loopback addresses, 127.1.0.1 upwards, so local tests can bind one listener per instance.
+    /// Distinct addresses from `alloydb_first_address` upwards (127.1.0.1 by default), so that every instance
+    /// can have its own endpoint on port 5433.
     async fn allocate_ip(&self) -> Result<String, Status> {
         let n = self
             .ctx
@@ -324,11 +325,9 @@ impl AlloyDb {
             .map_err(|e| from_store("allocating an instance address", e))?;
         let n = u32::try_from(n - 1)
             .map_err(|_| Status::resource_exhausted("no instance addresses left"))?;
-        if n >= 254 * 256 * 255 {
-            return Err(Status::resource_exhausted("no instance addresses left"));
-        }
-        let (b2, rest) = (1 + n / (254 * 256), n % (254 * 256));
-        Ok(format!("127.{b2}.{}.{}", rest / 254, rest % 254 + 1))
+        nth_address(self.ctx.settings.alloydb_first_address, n)
+            .map(|ip| ip.to_string())
+            .ok_or_else(|| Status::resource_exhausted("no instance addresses left"))
     }
 
     pub async fn get_instance(
@@ -650,3 +649,39 @@ macro_rules! alloydb_version {
 alloydb_version!(AlloyDbV1, v1);
 alloydb_version!(AlloyDbV1beta, v1beta);
 alloydb_version!(AlloyDbV1alpha, v1alpha);
+
+/// The `n`-th address from `first` on (0-based), skipping last octets 0 and 255; none past 255.255.255.254.
+fn nth_address(first: std::net::Ipv4Addr, n: u32) -> Option<std::net::Ipv4Addr> {
+    let first = u32::from(first);
+    // Usable addresses per /24 are .1 to .254: count in that space, then map back.
+    let (block, octet) = (first >> 8, (first & 0xff).clamp(1, 254) - 1);
+    let index = u64::from(block) * 254 + u64::from(octet) + u64::from(n);
+    let (block, octet) = (index / 254, index % 254 + 1);
+    u32::try_from(block)
+        .ok()
+        .filter(|b| *b <= 0x00ff_ffff)
+        .map(|b| std::net::Ipv4Addr::from((b << 8) | octet as u32))
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::nth_address;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn addresses_skip_network_and_broadcast_octets() {
+        let first = Ipv4Addr::new(127, 1, 0, 1);
+        assert_eq!(nth_address(first, 0), Some(first));
+        assert_eq!(nth_address(first, 253), Some(Ipv4Addr::new(127, 1, 0, 254)));
+        assert_eq!(nth_address(first, 254), Some(Ipv4Addr::new(127, 1, 1, 1)));
+        assert_eq!(
+            nth_address(Ipv4Addr::new(10, 0, 0, 250), 5),
+            Some(Ipv4Addr::new(10, 0, 1, 1))
+        );
+        assert_eq!(
+            nth_address(Ipv4Addr::new(255, 255, 255, 254), 0),
+            Some(Ipv4Addr::new(255, 255, 255, 254))
+        );
+        assert_eq!(nth_address(Ipv4Addr::new(255, 255, 255, 254), 1), None);
+    }
+}

@@ -54,6 +54,10 @@ pub struct Settings {
     /// Defaults for an Edge cluster's Kubernetes API endpoint when the create request names none.
     pub edge_default_endpoint: String,
     pub edge_default_port: i32,
+    /// The address of the first AlloyDB instance; later instances take the addresses after it (a last
+    /// octet of 0 or 255 is skipped). Loopback by default, so every instance can have its own endpoint on
+    /// one machine.
+    pub alloydb_first_address: std::net::Ipv4Addr,
     /// Rate limits and concurrency caps.
     pub limits: crate::limits::LimitSettings,
 }
@@ -74,6 +78,7 @@ impl Default for Settings {
             idempotency_retention: Duration::hours(24),
             edge_default_endpoint: "127.0.0.1".into(),
             edge_default_port: 6443,
+            alloydb_first_address: std::net::Ipv4Addr::new(127, 1, 0, 1),
             limits: crate::limits::LimitSettings::default(),
         }
     }

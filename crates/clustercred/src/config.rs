@@ -198,6 +198,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub tls_handshake_timeout_secs: u64,
 
+    /// The PostgreSQL database behind every AlloyDB instance (`postgres://user@host:port/db`, a user that may
+    /// create roles): instance endpoints relay to it and the Users API manages its roles.
+    #[arg(long, env = "CLUSTERCRED_ALLOYDB_BACKEND")]
+    pub alloydb_backend: Option<String>,
+    /// A backend for one cluster or instance instead of the default: `NAME=postgres://...`, NAME a full
+    /// resource name (repeatable; an instance's own entry wins over its cluster's).
+    #[arg(
+        long = "alloydb-backend-for",
+        env = "CLUSTERCRED_ALLOYDB_BACKENDS",
+        value_delimiter = ','
+    )]
+    pub alloydb_backend_for: Vec<String>,
+    /// Address handed out to the first AlloyDB instance created (later ones count up from it); its endpoint
+    /// listens there on port 5433.
+    #[arg(
+        long,
+        env = "CLUSTERCRED_ALLOYDB_FIRST_ADDRESS",
+        default_value = "127.1.0.1"
+    )]
+    pub alloydb_first_address: std::net::Ipv4Addr,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -250,6 +271,9 @@ impl ServeConfig {
             header_read_timeout_secs: 20,
             idle_timeout_secs: 60,
             tls_handshake_timeout_secs: 10,
+            alloydb_backend: None,
+            alloydb_backend_for: Vec::new(),
+            alloydb_first_address: std::net::Ipv4Addr::new(127, 1, 0, 1),
             log_format: LogFormat::Text,
         }
     }
@@ -265,6 +289,19 @@ impl ServeConfig {
             tls_handshake_timeout: secs(self.tls_handshake_timeout_secs),
             drain_timeout: secs(self.request_timeout_secs),
         }
+    }
+
+    /// The AlloyDB backend map from `--alloydb-backend` and `--alloydb-backend-for`.
+    pub fn alloydb_backends(
+        &self,
+    ) -> Result<
+        clustercred_dataplane::backend::Backends,
+        clustercred_dataplane::backend::BackendConfigError,
+    > {
+        clustercred_dataplane::backend::Backends::new(
+            self.alloydb_backend.as_deref(),
+            &self.alloydb_backend_for,
+        )
     }
 
     pub fn tls_enabled(&self) -> bool {
@@ -301,6 +338,7 @@ impl ServeConfig {
                 .collect(),
             edge_default_endpoint: self.edge_endpoint.clone(),
             edge_default_port: i32::from(self.edge_port),
+            alloydb_first_address: self.alloydb_first_address,
             limits: clustercred_api::limits::LimitSettings {
                 // A rate of 0 turns the per-address limits off.
                 per_address: clustercred_api::limits::Rate {
