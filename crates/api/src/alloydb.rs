@@ -507,6 +507,7 @@ impl AlloyDb {
                         request_id: request_id.clone(),
                         public_key_sha256: public_key.sha256_fingerprint_hex(),
                         create_time_unix: now.unix_timestamp(),
+                        metadata_exchange: req.use_metadata_exchange,
                     };
                     let response = pb::GenerateClientCertificateResponse {
                         pem_certificate_chain: vec![issued.cert_pem, ca.cert_pem().to_string()],

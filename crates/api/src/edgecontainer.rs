@@ -238,6 +238,7 @@ impl EdgeContainer for EdgeContainerService {
             request_id: None,
             public_key_sha256: key.public_key.sha256_fingerprint_hex(),
             create_time_unix: now.unix_timestamp(),
+            metadata_exchange: false,
         };
         let event = self.ctx.ok_event(
             &caller,

@@ -187,6 +187,7 @@ impl CommitFactory {
                 request_id: Some(request_id.clone()),
                 public_key_sha256: self.public_key_sha256.clone(),
                 create_time_unix: now,
+                metadata_exchange: false,
             },
             idempotency: IdempotencyRecord {
                 scope: METHOD.into(),

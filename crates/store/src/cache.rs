@@ -215,6 +215,15 @@ impl Store for CachedStore {
             .await
     }
 
+    async fn list_all_resources(
+        &self,
+        kind: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>> {
+        self.inner.list_all_resources(kind, after_name, limit).await
+    }
+
     async fn update_resource(
         &self,
         resource: &ResourceRecord,
@@ -277,6 +286,19 @@ impl Store for CachedStore {
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>> {
         self.inner.list_issuances(owner).await
+    }
+
+    async fn get_issuance(&self, serial_hex: &str) -> Result<Option<IssuanceStatus>> {
+        self.inner.get_issuance(serial_hex).await
+    }
+
+    async fn revoke_issuances(
+        &self,
+        target: &RevocationTarget,
+        now_unix: i64,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Vec<String>> {
+        self.inner.revoke_issuances(target, now_unix, audit).await
     }
 
     async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64> {

@@ -140,6 +140,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ResourceRecord>>;
 
+    /// Every resource of `kind` whatever its parent, ordered by name, starting after `after_name`, at most
+    /// `limit` (the instance endpoints find their instances with it).
+    async fn list_all_resources(
+        &self,
+        kind: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>>;
+
     /// Replaces the data of an existing resource, with its audit event, atomically. `NotFound` if it does not
     /// exist.
     async fn update_resource(
@@ -205,6 +214,20 @@ pub trait Store: Send + Sync + 'static {
     }
 
     async fn list_issuances(&self, owner: &str) -> Result<Vec<IssuanceRecord>>;
+
+    /// One issuance record by serial, with its revocation; read from the database every time (never cached),
+    /// so a revocation holds at once on every replica.
+    async fn get_issuance(&self, serial_hex: &str) -> Result<Option<IssuanceStatus>>;
+
+    /// Marks the client certificates `target` names revoked at `now_unix`, with the audit event, atomically,
+    /// and returns their serials. Certificates already revoked keep their first revocation time; a serial
+    /// that is unknown under that owner revokes nothing (and writes no audit event).
+    async fn revoke_issuances(
+        &self,
+        target: &RevocationTarget,
+        now_unix: i64,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Vec<String>>;
 
     /// Records a minted access token (id, never the token itself) with its audit event.
     async fn record_token(&self, token: &TokenRecord, audit: Option<&AuditEvent>) -> Result<()> {

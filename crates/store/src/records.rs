@@ -70,6 +70,25 @@ pub struct IssuanceRecord {
     pub request_id: Option<String>,
     pub public_key_sha256: String,
     pub create_time_unix: i64,
+    /// AlloyDB client certificates: the client asked for the metadata exchange
+    /// (`use_metadata_exchange`), so the instance endpoint expects one after the handshake.
+    pub metadata_exchange: bool,
+}
+
+/// An issuance record and its revocation, as the instance endpoint checks a client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuanceStatus {
+    pub record: IssuanceRecord,
+    pub revoke_time_unix: Option<i64>,
+}
+
+/// The client certificates one revocation covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevocationTarget {
+    /// One certificate of the CA owned by `owner`.
+    Serial { owner: String, serial_hex: String },
+    /// Every client certificate of `subject` issued by `owner`'s CA that has not expired by `now`.
+    Subject { owner: String, subject: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

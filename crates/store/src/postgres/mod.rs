@@ -55,13 +55,27 @@ struct PgWriter {
 /// sqlx's `macros` feature (a second build of both database drivers for the host); the versions,
 /// descriptions and checksums are the ones `migrate!` would record.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/postgres/0001_init.sql")),
-        false,
-    )])
+    let migration = |version, description: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.to_string().into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        migration(
+            3,
+            "alloydb endpoint",
+            include_str!("../../migrations/postgres/0003_alloydb_endpoint.sql"),
+        ),
+    ])
 }
 
 impl From<MigrateError> for StoreError {
@@ -424,7 +438,7 @@ impl BatchWriter for PgWriter {
         if !issuances.is_empty() {
             let mut q = QueryBuilder::<Postgres>::new(
                 "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, \
-                 request_id, public_key_sha256, create_time) ",
+                 request_id, public_key_sha256, create_time, metadata_exchange) ",
             );
             q.push_values(&issuances, |mut b, i| {
                 b.push_bind(&i.serial_hex)
@@ -436,7 +450,8 @@ impl BatchWriter for PgWriter {
                     .push_bind(&i.requester)
                     .push_bind(&i.request_id)
                     .push_bind(&i.public_key_sha256)
-                    .push_bind(i.create_time_unix);
+                    .push_bind(i.create_time_unix)
+                    .push_bind(i.metadata_exchange);
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -552,6 +567,23 @@ impl Store for PgStore {
         )
         .bind(kind)
         .bind(parent)
+        .bind(after_name.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    async fn list_all_resources(
+        &self,
+        kind: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM resources WHERE kind = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(kind)
         .bind(after_name.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -718,22 +750,21 @@ impl Store for PgStore {
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(IssuanceRecord {
-                    serial_hex: row.try_get("serial")?,
-                    owner: row.try_get("owner")?,
-                    kind: row.try_get("kind")?,
-                    subject: row.try_get("subject")?,
-                    not_before_unix: row.try_get("not_before")?,
-                    not_after_unix: row.try_get("not_after")?,
-                    requester: row.try_get("requester")?,
-                    request_id: row.try_get("request_id")?,
-                    public_key_sha256: row.try_get("public_key_sha256")?,
-                    create_time_unix: row.try_get("create_time")?,
-                })
+        rows.iter().map(issuance_from_row).collect()
+    }
+
+    async fn get_issuance(&self, serial_hex: &str) -> Result<Option<IssuanceStatus>> {
+        let row = sqlx::query("SELECT * FROM issuances WHERE serial = $1")
+            .bind(serial_hex)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(IssuanceStatus {
+                record: issuance_from_row(&row)?,
+                revoke_time_unix: row.try_get("revoke_time")?,
             })
-            .collect()
+        })
+        .transpose()
     }
 
     async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64> {
@@ -870,6 +901,46 @@ impl Store for PgStore {
             })
         })
         .transpose()
+    }
+
+    async fn revoke_issuances(
+        &self,
+        target: &RevocationTarget,
+        now_unix: i64,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let head = lock_head_for(&mut tx, audit).await?;
+        let query = match target {
+            RevocationTarget::Serial { owner, serial_hex } => sqlx::query(
+                "UPDATE issuances SET revoke_time = $1 \
+                 WHERE owner = $2 AND serial = $3 AND revoke_time IS NULL RETURNING serial",
+            )
+            .bind(now_unix)
+            .bind(owner)
+            .bind(serial_hex),
+            RevocationTarget::Subject { owner, subject } => sqlx::query(
+                "UPDATE issuances SET revoke_time = $1 \
+                 WHERE owner = $2 AND subject = $3 AND not_after > $1 AND revoke_time IS NULL \
+                 RETURNING serial",
+            )
+            .bind(now_unix)
+            .bind(owner)
+            .bind(subject),
+        };
+        let mut revoked = Vec::new();
+        for row in query.fetch_all(&mut *tx).await? {
+            revoked.push(row.try_get::<String, _>(0)?);
+        }
+        if revoked.is_empty() {
+            // Nothing changed: no audit event either (the transaction rolls back on drop).
+            return Ok(revoked);
+        }
+        audit_one(&mut tx, head, audit).await?;
+        finish(tx.commit().await, &mut conn)?;
+        revoked.sort();
+        Ok(revoked)
     }
 
     async fn revoke_bearer_tokens(
@@ -1245,4 +1316,20 @@ impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn issuance_from_row(row: &sqlx::postgres::PgRow) -> Result<IssuanceRecord> {
+    Ok(IssuanceRecord {
+        serial_hex: row.try_get("serial")?,
+        owner: row.try_get("owner")?,
+        kind: row.try_get("kind")?,
+        subject: row.try_get("subject")?,
+        not_before_unix: row.try_get("not_before")?,
+        not_after_unix: row.try_get("not_after")?,
+        requester: row.try_get("requester")?,
+        request_id: row.try_get("request_id")?,
+        public_key_sha256: row.try_get("public_key_sha256")?,
+        create_time_unix: row.try_get("create_time")?,
+        metadata_exchange: row.try_get("metadata_exchange")?,
+    })
 }

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 #[derive(Clone)]
@@ -324,7 +325,7 @@ impl BatchWriter for SqliteWriter {
         if !issuances.is_empty() {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, \
-                 request_id, public_key_sha256, create_time) ",
+                 request_id, public_key_sha256, create_time, metadata_exchange) ",
             );
             q.push_values(&issuances, |mut b, i| {
                 b.push_bind(&i.serial_hex)
@@ -336,7 +337,8 @@ impl BatchWriter for SqliteWriter {
                     .push_bind(&i.requester)
                     .push_bind(&i.request_id)
                     .push_bind(&i.public_key_sha256)
-                    .push_bind(i.create_time_unix);
+                    .push_bind(i.create_time_unix)
+                    .push_bind(i.metadata_exchange);
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -457,6 +459,23 @@ impl Store for SqliteStore {
         )
         .bind(kind)
         .bind(parent)
+        .bind(after_name.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    async fn list_all_resources(
+        &self,
+        kind: &str,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ResourceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM resources WHERE kind = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(kind)
         .bind(after_name.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -622,22 +641,21 @@ impl Store for SqliteStore {
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(IssuanceRecord {
-                    serial_hex: row.try_get("serial")?,
-                    owner: row.try_get("owner")?,
-                    kind: row.try_get("kind")?,
-                    subject: row.try_get("subject")?,
-                    not_before_unix: row.try_get("not_before")?,
-                    not_after_unix: row.try_get("not_after")?,
-                    requester: row.try_get("requester")?,
-                    request_id: row.try_get("request_id")?,
-                    public_key_sha256: row.try_get("public_key_sha256")?,
-                    create_time_unix: row.try_get("create_time")?,
-                })
+        rows.iter().map(issuance_from_row).collect()
+    }
+
+    async fn get_issuance(&self, serial_hex: &str) -> Result<Option<IssuanceStatus>> {
+        let row = sqlx::query("SELECT * FROM issuances WHERE serial = ?")
+            .bind(serial_hex)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(IssuanceStatus {
+                record: issuance_from_row(&row)?,
+                revoke_time_unix: row.try_get("revoke_time")?,
             })
-            .collect()
+        })
+        .transpose()
     }
 
     async fn get_policy(&self, resource: &str) -> Result<Option<PolicyRecord>> {
@@ -984,6 +1002,47 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn revoke_issuances(
+        &self,
+        target: &RevocationTarget,
+        now_unix: i64,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let query = match target {
+            RevocationTarget::Serial { owner, serial_hex } => sqlx::query(
+                "UPDATE issuances SET revoke_time = ? \
+                 WHERE owner = ? AND serial = ? AND revoke_time IS NULL RETURNING serial",
+            )
+            .bind(now_unix)
+            .bind(owner)
+            .bind(serial_hex),
+            RevocationTarget::Subject { owner, subject } => sqlx::query(
+                "UPDATE issuances SET revoke_time = ? \
+                 WHERE owner = ? AND subject = ? AND not_after > ? AND revoke_time IS NULL \
+                 RETURNING serial",
+            )
+            .bind(now_unix)
+            .bind(owner)
+            .bind(subject)
+            .bind(now_unix),
+        };
+        let mut revoked = Vec::new();
+        for row in query.fetch_all(&mut *tx).await? {
+            revoked.push(row.try_get::<String, _>(0)?);
+        }
+        if revoked.is_empty() {
+            // Nothing changed: no audit event either (the transaction rolls back on drop).
+            return Ok(revoked);
+        }
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        revoked.sort();
+        Ok(revoked)
+    }
+
     async fn revoke_bearer_tokens(
         &self,
         principal_id: &str,
@@ -1132,3 +1191,19 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
+
+fn issuance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IssuanceRecord> {
+    Ok(IssuanceRecord {
+        serial_hex: row.try_get("serial")?,
+        owner: row.try_get("owner")?,
+        kind: row.try_get("kind")?,
+        subject: row.try_get("subject")?,
+        not_before_unix: row.try_get("not_before")?,
+        not_after_unix: row.try_get("not_after")?,
+        requester: row.try_get("requester")?,
+        request_id: row.try_get("request_id")?,
+        public_key_sha256: row.try_get("public_key_sha256")?,
+        create_time_unix: row.try_get("create_time")?,
+        metadata_exchange: row.try_get("metadata_exchange")?,
+    })
+}

@@ -17,6 +17,7 @@ fn issuance(serial: &str, owner: &str, request_id: Option<&str>) -> IssuanceReco
         request_id: request_id.map(Into::into),
         public_key_sha256: "ab".into(),
         create_time_unix: 100,
+        metadata_exchange: false,
     }
 }
 

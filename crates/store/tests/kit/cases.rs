@@ -51,6 +51,7 @@ fn issuance(serial: &str, owner: &str, request_id: Option<&str>) -> IssuanceReco
         request_id: request_id.map(Into::into),
         public_key_sha256: "ab".into(),
         create_time_unix: 100,
+        metadata_exchange: false,
     }
 }
 
@@ -1249,5 +1250,149 @@ pub async fn expired_request_ids_are_purged_in_bounded_batches(env: &Env) {
         s.list_issuances(C1).await.unwrap().len(),
         6,
         "issuance records are kept"
+    );
+}
+
+pub async fn issuances_revoke_by_serial_or_subject_once(env: &Env) {
+    let s = env.store().await;
+    let owner = ca_owner("alloydb.Cluster", C1);
+    let other = ca_owner("alloydb.Cluster", "projects/p/locations/l/clusters/c2");
+    let mut records = Vec::new();
+    for (serial, subject, owner, not_after) in [
+        ("a1", "alice", &owner, 1000),
+        ("a2", "alice", &owner, 1000),
+        ("a3", "alice", &owner, 50),
+        ("b1", "bob", &owner, 1000),
+        ("a9", "alice", &other, 1000),
+    ] {
+        let mut r = issuance(serial, owner, None);
+        r.subject = subject.into();
+        r.not_after_unix = not_after;
+        r.metadata_exchange = serial == "a2";
+        s.record_issuance(&r, None, None).await.unwrap();
+        records.push(r);
+    }
+    let got = s.get_issuance("a2").await.unwrap().unwrap();
+    assert_eq!(
+        got.record, records[1],
+        "the metadata exchange flag round-trips"
+    );
+    assert_eq!(got.revoke_time_unix, None);
+    assert_eq!(s.get_issuance("zz").await.unwrap(), None);
+
+    let head = s.audit_head().await.unwrap();
+    let by_serial = RevocationTarget::Serial {
+        owner: owner.clone(),
+        serial_hex: "b1".into(),
+    };
+    assert_eq!(
+        s.revoke_issuances(&by_serial, 100, Some(&event(1, "user:admin", C1)))
+            .await
+            .unwrap(),
+        vec!["b1".to_string()]
+    );
+    assert_eq!(
+        s.get_issuance("b1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoke_time_unix,
+        Some(100)
+    );
+    // Again: nothing new, the first time stays, and no second audit event.
+    let after_first = s.audit_head().await.unwrap();
+    assert_ne!(after_first, head, "the revocation is audited");
+    assert!(
+        s.revoke_issuances(&by_serial, 200, Some(&event(2, "user:admin", C1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.get_issuance("b1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoke_time_unix,
+        Some(100)
+    );
+    assert_eq!(s.audit_head().await.unwrap(), after_first);
+    // A serial of another CA is not this owner's to revoke.
+    assert!(
+        s.revoke_issuances(
+            &RevocationTarget::Serial {
+                owner: owner.clone(),
+                serial_hex: "a9".into()
+            },
+            100,
+            None
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // All of alice's unexpired certificates of this CA: not the expired one, not the other CA's.
+    let by_subject = RevocationTarget::Subject {
+        owner: owner.clone(),
+        subject: "alice".into(),
+    };
+    assert_eq!(
+        s.revoke_issuances(&by_subject, 100, None).await.unwrap(),
+        vec!["a1".to_string(), "a2".to_string()]
+    );
+    assert_eq!(
+        s.get_issuance("a3")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoke_time_unix,
+        None
+    );
+    assert_eq!(
+        s.get_issuance("a9")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoke_time_unix,
+        None
+    );
+}
+
+pub async fn resources_of_a_kind_list_across_parents(env: &Env) {
+    let s = env.store().await;
+    for name in [
+        "projects/p/locations/l/clusters/c1/instances/i1",
+        "projects/p/locations/l/clusters/c2/instances/i0",
+        "projects/q/locations/l/clusters/c1/instances/i1",
+    ] {
+        let parent = name.rsplit_once("/instances/").unwrap().0;
+        s.create_resource(&res("alloydb.Instance", name, parent), None, None, None)
+            .await
+            .unwrap();
+    }
+    s.create_resource(&res("alloydb.Cluster", C1, PARENT), None, None, None)
+        .await
+        .unwrap();
+    let page = s
+        .list_all_resources("alloydb.Instance", None, 2)
+        .await
+        .unwrap();
+    let names: Vec<_> = page.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "projects/p/locations/l/clusters/c1/instances/i1",
+            "projects/p/locations/l/clusters/c2/instances/i0"
+        ]
+    );
+    let rest = s
+        .list_all_resources("alloydb.Instance", Some(names[1]), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(
+        rest[0].name,
+        "projects/q/locations/l/clusters/c1/instances/i1"
     );
 }
