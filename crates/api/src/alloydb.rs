@@ -18,8 +18,8 @@ use crate::names::{
     ChildName, ResourceName, parse_child, parse_location, parse_resource, validate_id,
 };
 
-const CLUSTER_KIND: &str = "alloydb.Cluster";
-const INSTANCE_KIND: &str = "alloydb.Instance";
+pub const CLUSTER_KIND: &str = "alloydb.Cluster";
+pub const INSTANCE_KIND: &str = "alloydb.Instance";
 
 /// The version-independent implementation.
 #[derive(Clone)]

@@ -219,6 +219,14 @@ pub struct ServeConfig {
     )]
     pub alloydb_first_address: std::net::Ipv4Addr,
 
+    /// Connections open at once to one AlloyDB instance endpoint; beyond it a new one is closed at once.
+    #[arg(long, env = "CLUSTERCRED_ALLOYDB_MAX_CONNECTIONS", default_value_t = 256)]
+    pub alloydb_max_connections: usize,
+    /// The port of instance endpoints. The connectors always dial 5433; another port only suits clients
+    /// that are told it (`clustercred alloydb proxy --instance-port`).
+    #[arg(long, env = "CLUSTERCRED_ALLOYDB_INSTANCE_PORT", default_value_t = 5433)]
+    pub alloydb_instance_port: u16,
+
     /// Log format on stderr.
     #[arg(
         long,
@@ -274,6 +282,8 @@ impl ServeConfig {
             alloydb_backend: None,
             alloydb_backend_for: Vec::new(),
             alloydb_first_address: std::net::Ipv4Addr::new(127, 1, 0, 1),
+            alloydb_max_connections: 256,
+            alloydb_instance_port: 5433,
             log_format: LogFormat::Text,
         }
     }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use crate::bootstrap;
 use crate::config::ServeConfig;
 
+mod instances;
 mod listener;
 pub use listener::ConnectionLimits;
 
@@ -45,6 +46,7 @@ pub struct Server {
     limits: ConnectionLimits,
     store: Arc<dyn Store>,
     ctx: Arc<Ctx>,
+    endpoints: instances::EndpointOptions,
 }
 
 /// The REST mounts: each API under its prefix, recognised by Host too.
@@ -73,6 +75,9 @@ pub fn mounts() -> Vec<ApiMount> {
 impl Server {
     /// Opens the data directory (bootstrapping it on first start) and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Server> {
+        let backends = config
+            .alloydb_backends()
+            .context("reading --alloydb-backend / --alloydb-backend-for")?;
         let database = config.database.as_deref();
         crate::database::require_shared_master_key(database, config.master_key_file.as_deref())?;
         bootstrap::data_dir(&config.data_dir, !crate::database::is_postgres(database)?)?;
@@ -277,6 +282,11 @@ impl Server {
             limits: config.connection_limits(),
             store,
             ctx,
+            endpoints: instances::EndpointOptions {
+                backends,
+                max_connections: config.alloydb_max_connections,
+                port: config.alloydb_instance_port,
+            },
         })
     }
 
@@ -331,8 +341,12 @@ impl Server {
                 anchor_head(&ctx, &head).await;
             }
         });
+        let (stop_endpoints, stopped) = tokio::sync::watch::channel(false);
+        let endpoints = tokio::spawn(instances::run(self.ctx.clone(), self.endpoints, stopped));
         let result =
             listener::serve(self.listener, self.app, self.tls, self.limits, shutdown).await;
+        let _ = stop_endpoints.send(true);
+        let _ = endpoints.await;
         purge.abort();
         refusals.abort();
         anchoring.abort();

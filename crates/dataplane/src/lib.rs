@@ -3,3 +3,6 @@
 //! pieces that talk to clients and to those backends, apart from the admin API.
 
 pub mod backend;
+pub mod endpoint;
+pub mod mdx;
+pub mod pgwire;
