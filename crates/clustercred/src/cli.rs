@@ -688,3 +688,81 @@ pub async fn keys(command: KeysCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum AlloydbCommand {
+    /// Revoke AlloyDB client certificates: one by serial, or every unexpired one of a principal. Instance
+    /// endpoints (every replica) refuse them from the next connection on.
+    RevokeCertificate {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The cluster whose CA issued them: `projects/P/locations/L/clusters/C`.
+        #[arg(long)]
+        cluster: String,
+        /// The certificate's serial number in hex (as in the issuance records and the audit log).
+        #[arg(
+            long,
+            conflicts_with = "principal",
+            required_unless_present = "principal"
+        )]
+        serial: Option<String>,
+        /// Every unexpired certificate issued to this principal id (the certificate's subject CN).
+        #[arg(long)]
+        principal: Option<String>,
+    },
+}
+
+pub async fn alloydb(command: AlloydbCommand) -> Result<()> {
+    match command {
+        AlloydbCommand::RevokeCertificate {
+            dir,
+            cluster,
+            serial,
+            principal,
+        } => {
+            clustercred_api::names::parse_resource("cluster", &cluster, "clusters")
+                .map_err(|e| anyhow::anyhow!("--cluster: {}", e.message()))?;
+            let owner =
+                clustercred_store::ca_owner(clustercred_api::alloydb::CLUSTER_KIND, &cluster);
+            let (target, what) = match (serial, principal) {
+                (Some(serial), _) => {
+                    let serial = serial.trim().to_ascii_lowercase();
+                    if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        bail!("--serial must be hexadecimal");
+                    }
+                    let what = format!("certificate {serial}");
+                    (
+                        clustercred_store::RevocationTarget::Serial {
+                            owner,
+                            serial_hex: serial,
+                        },
+                        what,
+                    )
+                }
+                (None, Some(subject)) => {
+                    let what = format!("every unexpired certificate of {subject}");
+                    (
+                        clustercred_store::RevocationTarget::Subject { owner, subject },
+                        what,
+                    )
+                }
+                (None, None) => bail!("give --serial or --principal"),
+            };
+            let store = open(&dir).await?;
+            let now = SystemClock.now().unix_timestamp();
+            let event = cli_event(
+                &cluster,
+                "alloydb-revoke-certificate",
+                format!("revoked {what}"),
+            );
+            let revoked = store.revoke_issuances(&target, now, Some(&event)).await?;
+            if revoked.is_empty() {
+                bail!("nothing to revoke: no unrevoked {what} of {cluster}");
+            }
+            for serial in &revoked {
+                println!("revoked {serial}");
+            }
+            Ok(())
+        }
+    }
+}

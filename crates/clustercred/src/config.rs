@@ -220,11 +220,19 @@ pub struct ServeConfig {
     pub alloydb_first_address: std::net::Ipv4Addr,
 
     /// Connections open at once to one AlloyDB instance endpoint; beyond it a new one is closed at once.
-    #[arg(long, env = "CLUSTERCRED_ALLOYDB_MAX_CONNECTIONS", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "CLUSTERCRED_ALLOYDB_MAX_CONNECTIONS",
+        default_value_t = 256
+    )]
     pub alloydb_max_connections: usize,
     /// The port of instance endpoints. The connectors always dial 5433; another port only suits clients
     /// that are told it (`clustercred alloydb proxy --instance-port`).
-    #[arg(long, env = "CLUSTERCRED_ALLOYDB_INSTANCE_PORT", default_value_t = 5433)]
+    #[arg(
+        long,
+        env = "CLUSTERCRED_ALLOYDB_INSTANCE_PORT",
+        default_value_t = 5433
+    )]
     pub alloydb_instance_port: u16,
 
     /// Log format on stderr.

@@ -25,6 +25,9 @@ enum Command {
     /// Keys at rest: master-key rotation.
     #[command(subcommand)]
     Keys(clustercred::cli::KeysCommand),
+    /// AlloyDB instance access: certificate revocation.
+    #[command(subcommand)]
+    Alloydb(clustercred::cli::AlloydbCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -50,6 +53,7 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(command) => clustercred::cli::audit(command).await,
         Command::Iam(command) => clustercred::cli::iam(command).await,
         Command::Keys(command) => clustercred::cli::keys(command).await,
+        Command::Alloydb(command) => clustercred::cli::alloydb(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

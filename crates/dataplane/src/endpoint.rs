@@ -150,7 +150,11 @@ pub struct EndpointSpec {
 }
 
 /// A TLS 1.3 server configuration that requires a client certificate chained to `ca_pem`.
-pub fn server_tls(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_tls(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -158,14 +162,17 @@ pub fn server_tls(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<Arc<ru
             .add(cert.map_err(|e| format!("cluster CA: {e}"))?)
             .map_err(|e| format!("cluster CA: {e}"))?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("client verifier: {e}"))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client verifier: {e}"))?;
     let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("server certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("server key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("server key: {e}"))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
@@ -222,7 +229,12 @@ impl Endpoint {
         let slots = Arc::new(Semaphore::new(max_connections));
         let mut tasks = JoinSet::new();
         for listener in listeners {
-            tasks.spawn(accept_loop(listener, shared.clone(), slots.clone(), stop.subscribe()));
+            tasks.spawn(accept_loop(
+                listener,
+                shared.clone(),
+                slots.clone(),
+                stop.subscribe(),
+            ));
         }
         Ok(Endpoint {
             addresses,
@@ -300,7 +312,11 @@ struct Counted<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -311,11 +327,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &poll {
-            this.counters.written.fetch_add(*n as u64, Ordering::Relaxed);
+            this.counters
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
         }
         poll
     }
@@ -475,7 +497,10 @@ async fn session(
         Ok(u) => u,
         Err(reason) => {
             let _ = tls
-                .write_all(&pgwire::fatal("08006", "the instance's database is unavailable"))
+                .write_all(&pgwire::fatal(
+                    "08006",
+                    "the instance's database is unavailable",
+                ))
                 .await;
             let _ = tls.shutdown().await;
             return Err(reason);
@@ -489,7 +514,16 @@ async fn session(
     match tokio::io::copy_bidirectional(&mut tls, &mut upstream).await {
         Ok(_) => Ok(()),
         // A peer that vanishes mid-session is how many sessions end; not a refusal.
-        Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(format!("relay: {e}")),
     }
 }
@@ -507,11 +541,19 @@ async fn refuse_mdx<S: AsyncWrite + Unpin>(tls: &mut S, reason: String) -> Strin
     reason
 }
 
-async fn connect_backend(backend: &BackendAddr, login: Option<&IamLogin>) -> Result<Box<dyn Io>, String> {
+async fn connect_backend(
+    backend: &BackendAddr,
+    login: Option<&IamLogin>,
+) -> Result<Box<dyn Io>, String> {
     let connect = async {
         let mut tcp = TcpStream::connect((backend.host.as_str(), backend.port))
             .await
-            .map_err(|e| format!("connecting to the backend {}:{}: {e}", backend.host, backend.port))?;
+            .map_err(|e| {
+                format!(
+                    "connecting to the backend {}:{}: {e}",
+                    backend.host, backend.port
+                )
+            })?;
         let _ = tcp.set_nodelay(true);
         let Some(login) = login else {
             return Ok(Box::new(tcp) as Box<dyn Io>);
@@ -531,6 +573,9 @@ async fn connect_backend(backend: &BackendAddr, login: Option<&IamLogin>) -> Res
     };
     match tokio::time::timeout(BACKEND_TIMEOUT, connect).await {
         Ok(r) => r,
-        Err(_) => Err(format!("connecting to the backend {}:{}: timed out", backend.host, backend.port)),
+        Err(_) => Err(format!(
+            "connecting to the backend {}:{}: timed out",
+            backend.host, backend.port
+        )),
     }
 }

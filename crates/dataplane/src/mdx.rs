@@ -82,7 +82,10 @@ mod tests {
         let decoded = MetadataExchangeResponse::decode(&err[4..]).unwrap();
         assert_eq!(decoded.response_code, ResponseCode::Error as i32);
         assert_eq!(decoded.error, "no");
-        assert_eq!(u32::from_be_bytes(err[..4].try_into().unwrap()) as usize, err.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(err[..4].try_into().unwrap()) as usize,
+            err.len() - 4
+        );
     }
 
     #[tokio::test]
@@ -98,13 +101,28 @@ mod tests {
         frame.extend_from_slice(b"trailing PostgreSQL bytes");
         let mut reader = frame.as_slice();
         assert_eq!(read_request(&mut reader).await.unwrap(), req);
-        assert_eq!(reader, b"trailing PostgreSQL bytes", "reads exactly one frame");
+        assert_eq!(
+            reader, b"trailing PostgreSQL bytes",
+            "reads exactly one frame"
+        );
 
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert_eq!(read_request(&mut huge.as_slice()).await, Err(MdxError::Oversized(MAX_FRAME + 1)));
-        assert_eq!(read_request(&mut [0u8, 0, 0, 0].as_slice()).await, Err(MdxError::Empty));
-        assert_eq!(read_request(&mut [0u8, 0, 0, 9, 1].as_slice()).await, Err(MdxError::Closed));
+        assert_eq!(
+            read_request(&mut huge.as_slice()).await,
+            Err(MdxError::Oversized(MAX_FRAME + 1))
+        );
+        assert_eq!(
+            read_request(&mut [0u8, 0, 0, 0].as_slice()).await,
+            Err(MdxError::Empty)
+        );
+        assert_eq!(
+            read_request(&mut [0u8, 0, 0, 9, 1].as_slice()).await,
+            Err(MdxError::Closed)
+        );
         let garbage = [0u8, 0, 0, 2, 0xff, 0xff];
-        assert!(matches!(read_request(&mut garbage.as_slice()).await, Err(MdxError::Malformed(_))));
+        assert!(matches!(
+            read_request(&mut garbage.as_slice()).await,
+            Err(MdxError::Malformed(_))
+        ));
     }
 }

@@ -117,7 +117,12 @@ fn login(packet: Vec<u8>) -> Result<Startup, StartupError> {
 /// it refuses; clients show the message.
 pub fn fatal(code: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();
-    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
         body.push(field);
         body.extend(value.bytes().filter(|b| *b != 0));
         body.push(0);
@@ -130,7 +135,9 @@ pub fn fatal(code: &str, message: &str) -> Vec<u8> {
 }
 
 /// Asks a backend for TLS; true when it agreed (`S`).
-pub async fn request_ssl<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<bool> {
+pub async fn request_ssl<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<bool> {
     let mut request = 8u32.to_be_bytes().to_vec();
     request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
     stream.write_all(&request).await?;
@@ -170,7 +177,11 @@ mod tests {
 
     #[tokio::test]
     async fn login_after_a_declined_ssl_request() {
-        let packet = startup(&[("user", "alice@p.iam"), ("database", "postgres"), ("client_encoding", "UTF8")]);
+        let packet = startup(&[
+            ("user", "alice@p.iam"),
+            ("database", "postgres"),
+            ("client_encoding", "UTF8"),
+        ]);
         let mut input = 8u32.to_be_bytes().to_vec();
         input.extend_from_slice(&SSL_REQUEST.to_be_bytes());
         input.extend_from_slice(&packet);
@@ -188,9 +199,18 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_what_is_not_a_login() {
-        assert_eq!(read(startup(&[("database", "d")])).await.0, Err(StartupError::Malformed("no user")));
-        assert_eq!(read(vec![0, 0, 0, 4]).await.0, Err(StartupError::BadLength(4)));
-        assert_eq!(read(vec![0, 1, 0, 0]).await.0, Err(StartupError::BadLength(65536)));
+        assert_eq!(
+            read(startup(&[("database", "d")])).await.0,
+            Err(StartupError::Malformed("no user"))
+        );
+        assert_eq!(
+            read(vec![0, 0, 0, 4]).await.0,
+            Err(StartupError::BadLength(4))
+        );
+        assert_eq!(
+            read(vec![0, 1, 0, 0]).await.0,
+            Err(StartupError::BadLength(65536))
+        );
         let mut v2 = 8u32.to_be_bytes().to_vec();
         v2.extend_from_slice(&0x0002_0000u32.to_be_bytes());
         assert_eq!(read(v2).await.0, Err(StartupError::Protocol(2, 0)));
@@ -198,14 +218,20 @@ mod tests {
         unterminated.pop();
         let len = (unterminated.len() as u32).to_be_bytes();
         unterminated[..4].copy_from_slice(&len);
-        assert!(matches!(read(unterminated).await.0, Err(StartupError::Malformed(_))));
+        assert!(matches!(
+            read(unterminated).await.0,
+            Err(StartupError::Malformed(_))
+        ));
     }
 
     #[test]
     fn fatal_is_a_well_formed_error_response() {
         let e = fatal("28000", "no");
         assert_eq!(e[0], b'E');
-        assert_eq!(u32::from_be_bytes(e[1..5].try_into().unwrap()) as usize, e.len() - 1);
+        assert_eq!(
+            u32::from_be_bytes(e[1..5].try_into().unwrap()) as usize,
+            e.len() - 1
+        );
         assert!(e.ends_with(b"Mno\0\0"));
     }
 }

@@ -89,8 +89,7 @@ pub async fn run(ctx: Arc<Ctx>, options: EndpointOptions, mut stop: watch::Recei
         }
         failed.retain(|name, _| wanted.contains_key(name));
         for (name, want) in wanted {
-            if running.contains_key(&name)
-                || failed.get(&name).is_some_and(|t| t.elapsed() < RETRY)
+            if running.contains_key(&name) || failed.get(&name).is_some_and(|t| t.elapsed() < RETRY)
             {
                 continue;
             }
@@ -143,7 +142,10 @@ async fn wanted(ctx: &Ctx, options: &EndpointOptions) -> anyhow::Result<HashMap<
                 Wanted {
                     cluster: record.parent.clone(),
                     ips,
-                    backend: options.backends.for_instance(&record.name).map(str::to_string),
+                    backend: options
+                        .backends
+                        .for_instance(&record.name)
+                        .map(str::to_string),
                 },
             );
         }
@@ -173,7 +175,8 @@ async fn start(
         ctx.now(),
     )?;
     let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
-    let tls = server_tls(ca.cert_pem(), &chain, &key.private_key_pem).map_err(anyhow::Error::msg)?;
+    let tls =
+        server_tls(ca.cert_pem(), &chain, &key.private_key_pem).map_err(anyhow::Error::msg)?;
     let backend = want
         .backend
         .as_deref()
@@ -218,10 +221,14 @@ impl Gatekeeper for Gate {
         if record.owner != clustercred_store::ca_owner(CLUSTER_KIND, &instance.cluster)
             || record.kind != "client_certificate"
         {
-            return Err(format!("certificate {serial_hex} is not a client certificate of this cluster"));
+            return Err(format!(
+                "certificate {serial_hex} is not a client certificate of this cluster"
+            ));
         }
         if let Some(at) = status.revoke_time_unix {
-            return Err(format!("certificate {serial_hex} was revoked (unix time {at})"));
+            return Err(format!(
+                "certificate {serial_hex} was revoked (unix time {at})"
+            ));
         }
         Ok(Admission {
             principal: record.subject,
@@ -243,7 +250,11 @@ impl Gatekeeper for Gate {
         let auth = s.auth_type.map_or("-", |a| a.as_str());
         let detail = format!(
             "{} certificate {} auth {} user {} database {} bytes in {} out {} for {} ms{}",
-            if s.refusal.is_some() && !s.relayed { "refused" } else { "session" },
+            if s.refusal.is_some() && !s.relayed {
+                "refused"
+            } else {
+                "session"
+            },
             s.serial_hex.as_deref().unwrap_or("-"),
             auth,
             s.database_user.as_deref().unwrap_or("-"),
@@ -251,7 +262,10 @@ impl Gatekeeper for Gate {
             s.bytes_from_client,
             s.bytes_to_client,
             s.duration.as_millis(),
-            s.refusal.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+            s.refusal
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
         );
         let code = match (&s.refusal, s.relayed) {
             (Some(_), false) => Code::PermissionDenied,
@@ -270,7 +284,9 @@ impl Gatekeeper for Gate {
             client_address: s.peer.to_string(),
             user_agent: String::new(),
         };
-        let event = self.ctx.event(&principal, &meta, &instance.name, code, detail, "");
+        let event = self
+            .ctx
+            .event(&principal, &meta, &instance.name, code, detail, "");
         self.ctx.audit(&event).await;
     }
 }

@@ -1,0 +1,391 @@
+//! The AlloyDB instance endpoint, driven from outside: TLS 1.3 with a client certificate from the cluster's
+//! CA, the metadata exchange as the certificate was asked for, PostgreSQL behind it; and every refusal
+//! (another cluster's CA, expired, revoked, none, a malformed or oversized exchange) closes the connection
+//! before anything reaches PostgreSQL. Needs PostgreSQL (`CLUSTERCRED_TEST_POSTGRES`, as scripts/test sets).
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use clustercred::ServeConfig;
+use clustercred_proto::google::cloud::alloydb::connectors::v1::{
+    MetadataExchangeRequest, MetadataExchangeResponse, metadata_exchange_response::ResponseCode,
+};
+use common::*;
+use prost::Message;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOC: &str = "projects/p/locations/l";
+
+fn postgres() -> String {
+    std::env::var("CLUSTERCRED_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+struct Setup {
+    s: TestServer,
+    ip: IpAddr,
+    ca_pem: String,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::for_data_dir(dir.keep());
+    config.alloydb_backend = Some(postgres());
+    // An address range of this test's own, so parallel tests never share port 5433.
+    config.alloydb_first_address =
+        std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    let s = TestServer::start_with(config).await;
+    for cluster in ["c1", "c2"] {
+        let r = http()
+            .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId={cluster}")))
+            .bearer_auth(&s.token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r: serde_json::Value = http()
+        .post(s.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=i1"
+        )))
+        .bearer_auth(&s.token)
+        .json(&serde_json::json!({"instanceType": "PRIMARY"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ip: IpAddr = r["response"]["ipAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let info: serde_json::Value = http()
+        .get(s.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1/instances/i1/connectionInfo"
+        )))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["ipAddress"], ip.to_string());
+    let mut setup = Setup {
+        s,
+        ip,
+        ca_pem: String::new(),
+    };
+    let (_, ca_pem) = certificate(&setup, "c1", true).await;
+    setup.ca_pem = ca_pem;
+    setup
+}
+
+/// A client certificate of `cluster` for a fresh key: (chain PEM + key, CA PEM).
+async fn certificate(t: &Setup, cluster: &str, mdx: bool) -> ((String, rcgen::KeyPair), String) {
+    let key = p256();
+    let r: serde_json::Value = http()
+        .post(t.s.url(&format!(
+            "/alloydb/v1beta/{LOC}/clusters/{cluster}:generateClientCertificate"
+        )))
+        .bearer_auth(&t.s.token)
+        .json(&serde_json::json!({
+            "publicKey": key.public_key_pem(),
+            "certDuration": "3600s",
+            "useMetadataExchange": mdx,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain = r["pemCertificateChain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect::<String>();
+    ((chain, key), r["caCert"].as_str().unwrap().to_string())
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Dials the instance as the connectors do: TLS 1.3, trusting only the cluster CA, checking the IP SAN.
+async fn dial(t: &Setup, client: Option<&(String, rcgen::KeyPair)>) -> std::io::Result<Tls> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(t.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect((t.ip, 5433)).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(t.ip.into()), tcp)
+        .await
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn startup(user: &str, database: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Everything the server sends until it closes (a TLS alert or reset reads as the end too).
+async fn rest(tls: &mut Tls) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server neither answered nor closed"),
+        }
+    }
+}
+
+/// Logs in as `postgres` (trust auth on the test server), expects AuthenticationOk from PostgreSQL, then
+/// ends the session with Terminate and reads to the end.
+async fn login_reaches_postgres(mut tls: Tls) {
+    tls.write_all(&startup("postgres", "test")).await.unwrap();
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        head,
+        [b'R', 0, 0, 0, 8, 0, 0, 0, 0],
+        "AuthenticationOk from PostgreSQL"
+    );
+    tls.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+    rest(&mut tls).await;
+}
+
+async fn mdx_reply(tls: &mut Tls) -> MetadataExchangeResponse {
+    let mut len = [0u8; 4];
+    tls.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    tls.read_exact(&mut body).await.unwrap();
+    MetadataExchangeResponse::decode(body.as_slice()).unwrap()
+}
+
+async fn wait_for_endpoint(t: &Setup) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect((t.ip, 5433)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the instance endpoint never listened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_reach_postgres_and_every_refusal_closes_first() {
+    let t = setup().await;
+    wait_for_endpoint(&t).await;
+
+    // With the metadata exchange: the six-byte OK, then PostgreSQL.
+    let (with_mdx, _) = certificate(&t, "c1", true).await;
+    let mut tls = dial(&t, Some(&with_mdx)).await.unwrap();
+    let request = MetadataExchangeRequest {
+        user_agent: "test".into(),
+        auth_type: 1,
+        oauth2_token: "ignored for DB_NATIVE".into(),
+    };
+    tls.write_all(&frame(&request.encode_to_vec()))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 6];
+    tls.read_exact(&mut ok).await.unwrap();
+    assert_eq!(ok, [0, 0, 0, 2, 8, 1]);
+    login_reaches_postgres(tls).await;
+
+    // Without it (asyncpg's way): PostgreSQL right after the handshake.
+    let (plain, _) = certificate(&t, "c1", false).await;
+    let tls = dial(&t, Some(&plain)).await.unwrap();
+    login_reaches_postgres(tls).await;
+
+    // A malformed exchange and an oversized one: an ERROR reply, then the end.
+    for bad in [
+        frame(&[0xff, 0xff, 0xff]),
+        (1u32 << 20).to_be_bytes().to_vec(),
+    ] {
+        let mut tls = dial(&t, Some(&with_mdx)).await.unwrap();
+        tls.write_all(&bad).await.unwrap();
+        let reply = mdx_reply(&mut tls).await;
+        assert_eq!(reply.response_code, ResponseCode::Error as i32);
+        assert!(!reply.error.is_empty());
+        assert_eq!(rest(&mut tls).await, b"", "closed after the error");
+    }
+
+    // Another cluster's certificate, and none at all: the handshake fails; PostgreSQL never hears a byte.
+    let (other, _) = certificate(&t, "c2", false).await;
+    for client in [Some(&other), None] {
+        if let Ok(mut tls) = dial(&t, client).await {
+            let _ = tls.write_all(&startup("postgres", "test")).await;
+            assert_eq!(rest(&mut tls).await, b"", "nothing from PostgreSQL");
+        }
+    }
+
+    // An expired certificate of the right CA (signed here with the cluster's own key, an hour too old).
+    let expired = {
+        let master = clustercred::bootstrap::master_key(&t.s.data_dir, None).unwrap();
+        let store = clustercred::database::open(&t.s.data_dir, None, false)
+            .await
+            .unwrap();
+        let owner = clustercred_store::ca_owner("alloydb.Cluster", &format!("{LOC}/clusters/c1"));
+        let record = store.get_ca(&owner).await.unwrap().unwrap();
+        let key = master
+            .open(
+                &record.key_der,
+                &clustercred_api::context::ca_key_context(&owner),
+            )
+            .unwrap();
+        let ca = clustercred_authority::ClusterCa::from_material(&record.cert_pem, &key).unwrap();
+        let client_key = p256();
+        let public =
+            clustercred_authority::ClientPublicKey::from_pem(&client_key.public_key_pem()).unwrap();
+        let issued = ca
+            .issue_client_certificate(
+                &clustercred_authority::LeafRequest {
+                    public_key: &public,
+                    subject_common_name: "admin",
+                    subject_organization: None,
+                    lifetime: time::Duration::hours(1),
+                },
+                time::OffsetDateTime::now_utc() - time::Duration::hours(3),
+            )
+            .unwrap();
+        (
+            format!("{}{}", issued.cert_pem, record.cert_pem),
+            client_key,
+        )
+    };
+    if let Ok(mut tls) = dial(&t, Some(&expired)).await {
+        let _ = tls.write_all(&startup("postgres", "test")).await;
+        assert_eq!(
+            rest(&mut tls).await,
+            b"",
+            "an expired certificate gets nothing"
+        );
+    }
+
+    // Revoked through the CLI: the next connection is closed before PostgreSQL.
+    let serial = {
+        let der = parse_cert(&plain.0);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        hex::encode(cert.raw_serial())
+    };
+    clustercred::cli::alloydb(clustercred::cli::AlloydbCommand::RevokeCertificate {
+        dir: clustercred::cli::DataDir {
+            data_dir: t.s.data_dir.clone(),
+            database: None,
+        },
+        cluster: format!("{LOC}/clusters/c1"),
+        serial: Some(serial.clone()),
+        principal: None,
+    })
+    .await
+    .unwrap();
+    let mut tls = dial(&t, Some(&plain)).await.unwrap();
+    let _ = tls.write_all(&startup("postgres", "test")).await;
+    assert_eq!(
+        rest(&mut tls).await,
+        b"",
+        "a revoked certificate gets nothing"
+    );
+    // The certificate with the metadata exchange is untouched by that revocation.
+    let mut tls = dial(&t, Some(&with_mdx)).await.unwrap();
+    tls.write_all(&frame(&request.encode_to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        mdx_reply(&mut tls).await.response_code,
+        ResponseCode::Ok as i32
+    );
+    login_reaches_postgres(tls).await;
+
+    // The connections are audited: sessions and the refusal of the revoked certificate.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let store = clustercred::database::open(&t.s.data_dir, None, false)
+        .await
+        .unwrap();
+    let events = store
+        .list_audit(&clustercred_store::AuditFilter::default())
+        .await
+        .unwrap();
+    let connects: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.method == "alloydb.instances.connect")
+        .collect();
+    assert!(
+        connects.iter().any(|e| e.event.outcome == "ok"
+            && e.event
+                .detail
+                .contains("auth DB_NATIVE user postgres database test")),
+        "{connects:#?}"
+    );
+    assert!(
+        connects.iter().any(|e| e.event.outcome == "denied"
+            && e.event.detail.contains(&serial)
+            && e.event.detail.contains("revoked")),
+        "{connects:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.method == "cli/alloydb-revoke-certificate")
+    );
+
+    // Deleting the instance closes its endpoint.
+    let r = http()
+        .delete(t.s.url(&format!("/alloydb/v1/{LOC}/clusters/c1/instances/i1")))
+        .bearer_auth(&t.s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut closed = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect((t.ip, 5433)).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the endpoint of a deleted instance stops listening");
+    t.s.stop().await;
+}
