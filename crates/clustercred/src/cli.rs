@@ -710,10 +710,13 @@ pub enum AlloydbCommand {
         #[arg(long)]
         principal: Option<String>,
     },
+    /// A local PostgreSQL port in front of an instance (like the AlloyDB Auth Proxy): `psql -h 127.0.0.1`.
+    Proxy(crate::proxy::ProxyArgs),
 }
 
 pub async fn alloydb(command: AlloydbCommand) -> Result<()> {
     match command {
+        AlloydbCommand::Proxy(args) => crate::proxy::run(args, None).await,
         AlloydbCommand::RevokeCertificate {
             dir,
             cluster,

@@ -53,7 +53,10 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(command) => clustercred::cli::audit(command).await,
         Command::Iam(command) => clustercred::cli::iam(command).await,
         Command::Keys(command) => clustercred::cli::keys(command).await,
-        Command::Alloydb(command) => clustercred::cli::alloydb(command).await,
+        Command::Alloydb(command) => {
+            init_logging(LogFormat::Text);
+            clustercred::cli::alloydb(command).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

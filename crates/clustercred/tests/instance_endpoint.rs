@@ -389,3 +389,48 @@ async fn connectors_reach_postgres_and_every_refusal_closes_first() {
     assert!(closed, "the endpoint of a deleted instance stops listening");
     t.s.stop().await;
 }
+
+/// `clustercred alloydb proxy` in front of the instance: psql (which asks for SSL first, declined locally)
+/// runs a query through the proxy, the endpoint's mTLS and metadata exchange, into PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_carries_psql_to_the_instance() {
+    let t = setup().await;
+    wait_for_endpoint(&t).await;
+    let token_file = t.s.data_dir.join("proxy.token");
+    std::fs::write(&token_file, &t.s.token).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let proxy = tokio::spawn(clustercred::proxy::run(
+        clustercred::proxy::ProxyArgs {
+            instance: format!("{LOC}/clusters/c1/instances/i1"),
+            address: [127, 0, 0, 1].into(),
+            port: 0,
+            api: format!("http://{}", t.s.addr),
+            token_file: Some(token_file),
+            api_ca_file: None,
+            auto_iam_authn: false,
+            instance_port: 5433,
+        },
+        Some(tx),
+    ));
+    let local = rx.await.expect("the proxy listens");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname=test sslmode=prefer",
+                local.port()
+            ))
+            .args(["-tAc", "SELECT 40 + 2, current_user"])
+            .output()
+            .expect("psql runs (the PostgreSQL client is a test requirement)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42|postgres");
+    proxy.abort();
+    t.s.stop().await;
+}
