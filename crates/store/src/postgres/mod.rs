@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
@@ -51,26 +51,13 @@ struct PgWriter {
     pool: PgPool,
 }
 
-/// The schema migrations, in order. Built from the files rather than with `sqlx::migrate!`, which needs
-/// sqlx's `macros` feature (a second build of both database drivers for the host); the versions,
-/// descriptions and checksums are the ones `migrate!` would record.
+/// The schema migrations, in order (see [`crate::migration`]).
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
+    Migrator::with_migrations(vec![migration(
         1,
-        "init".into(),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/postgres/0001_init.sql")),
-        false,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
     )])
-}
-
-impl From<MigrateError> for StoreError {
-    fn from(e: MigrateError) -> Self {
-        match e {
-            MigrateError::Execute(e) => e.into(),
-            other => StoreError::Backend(format!("migrating the database schema: {other}")),
-        }
-    }
 }
 
 impl PgStore {
