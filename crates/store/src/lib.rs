@@ -114,6 +114,10 @@ fn transient_sqlstate(code: &str) -> bool {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long a store call waits for a connection, a lock or a statement before it answers `Unavailable`,
+/// unless configured otherwise (`clustercred serve --store-timeout`).
+pub const DEFAULT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What one request writes once its response is built: the records the response depends on and its audit
 /// event. Concurrent requests' items are committed together (see [`GroupCommit`]).
 // One item per request, held only while its batch (at most a few hundred) is written: boxing the large

@@ -65,28 +65,40 @@ struct SqliteWriter {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (creating if needed) the database file and brings its schema up to date, with the default
+    /// timeout (see [`SqliteStore::open_with_timeout`]).
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with_timeout(path, DEFAULT_STORE_TIMEOUT).await
+    }
+
+    /// Opens the database file; `timeout` bounds both the wait for a pooled connection and the wait for
+    /// another process's write lock (SQLite's busy timeout), after which a call answers `Unavailable`.
+    pub async fn open_with_timeout(path: &Path, timeout: Duration) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::with_options(options, 8).await
+            .busy_timeout(timeout);
+        Self::with_options(options, 8, timeout).await
     }
 
     /// A private in-memory database (tests).
     pub async fn in_memory() -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
         // One connection: every in-memory connection would otherwise be its own empty database.
-        Self::with_options(options, 1).await
+        Self::with_options(options, 1, DEFAULT_STORE_TIMEOUT).await
     }
 
-    async fn with_options(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
+    async fn with_options(
+        options: SqliteConnectOptions,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
             // A transaction whose COMMIT failed (a full disk) may have been rolled back by SQLite itself, and
             // then sqlx's own ROLLBACK fails and leaves the connection counted as inside a transaction: every
             // later BEGIN on it would fail. Such a connection is closed instead of reused. The ping waits for
