@@ -158,7 +158,13 @@ pub enum IamCommand {
 }
 
 async fn open(dir: &DataDir) -> Result<Arc<dyn Store>> {
-    crate::database::open(&dir.data_dir, dir.database.as_deref(), false).await
+    crate::database::open(
+        &dir.data_dir,
+        dir.database.as_deref(),
+        false,
+        clustercred_store::DEFAULT_STORE_TIMEOUT,
+    )
+    .await
 }
 
 fn operator() -> String {

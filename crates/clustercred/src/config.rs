@@ -43,6 +43,13 @@ pub struct ServeConfig {
     #[arg(long, env = "CLUSTERCRED_DATABASE")]
     pub database: Option<String>,
 
+    /// Seconds a store call waits for a database connection, a lock or a statement before the request fails
+    /// with UNAVAILABLE: the pool's acquire timeout on both backends, PostgreSQL's `statement_timeout`,
+    /// SQLite's busy timeout.
+    #[arg(long = "store-timeout", env = "CLUSTERCRED_STORE_TIMEOUT", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub store_timeout_secs: u64,
+
     /// Public base URL of this server: the `iss` of minted tokens and the base of
     /// /.well-known/openid-configuration. Default: http://<listen address>.
     #[arg(long, env = "CLUSTERCRED_ISSUER_URL")]
@@ -252,6 +259,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             database: None,
+            store_timeout_secs: 5,
             issuer_url: None,
             master_key_file: None,
             tls_cert: None,
@@ -320,6 +328,10 @@ impl ServeConfig {
             self.alloydb_backend.as_deref(),
             &self.alloydb_backend_for,
         )
+    }
+
+    pub fn store_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.store_timeout_secs.max(1))
     }
 
     pub fn tls_enabled(&self) -> bool {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clustercred_store::{PgStore, PgStoreOptions, SqliteStore, Store};
@@ -21,11 +22,22 @@ pub fn is_postgres(database: Option<&str>) -> Result<bool> {
 }
 
 /// Opens the configured store. SQLite must exist already unless `create` (the server creates it on first
-/// start; CLI commands refuse a directory the server never used).
-pub async fn open(data_dir: &Path, database: Option<&str>, create: bool) -> Result<Arc<dyn Store>> {
+/// start; CLI commands refuse a directory the server never used). `timeout` bounds every wait for the
+/// database (a connection, a lock, a statement; see `serve --store-timeout`).
+pub async fn open(
+    data_dir: &Path,
+    database: Option<&str>,
+    create: bool,
+    timeout: Duration,
+) -> Result<Arc<dyn Store>> {
     if is_postgres(database)? {
         let url = database.unwrap_or_default();
-        let store = PgStore::connect(url, PgStoreOptions::default())
+        let options = PgStoreOptions {
+            acquire_timeout: timeout,
+            statement_timeout: timeout,
+            ..PgStoreOptions::default()
+        };
+        let store = PgStore::connect(url, options)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
         return Ok(Arc::new(store));
@@ -39,7 +51,7 @@ pub async fn open(data_dir: &Path, database: Option<&str>, create: bool) -> Resu
     }
     bootstrap::check_data_dir(data_dir)?;
     Ok(Arc::new(
-        SqliteStore::open(&path)
+        SqliteStore::open_with_timeout(&path, timeout)
             .await
             .context("opening the database")?,
     ))

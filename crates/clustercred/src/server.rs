@@ -81,7 +81,8 @@ impl Server {
         let database = config.database.as_deref();
         crate::database::require_shared_master_key(database, config.master_key_file.as_deref())?;
         bootstrap::data_dir(&config.data_dir, !crate::database::is_postgres(database)?)?;
-        let store = crate::database::open(&config.data_dir, database, true).await?;
+        let store =
+            crate::database::open(&config.data_dir, database, true, config.store_timeout()).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now().unix_timestamp();
         let admin_token_path = bootstrap::admin(store.as_ref(), &config.data_dir, now).await?;

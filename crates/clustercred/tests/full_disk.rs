@@ -1,7 +1,8 @@
 //! A full disk under the data directory: issuance answers UNAVAILABLE (not INTERNAL), /readyz says why, and
 //! service resumes by itself once space returns, without a restart. The data directory sits on a small tmpfs
 //! mounted for the test (this needs root or CAP_SYS_ADMIN, as the CI machine has; the test fails, it does not
-//! skip, where it cannot mount).
+//! skip, where it cannot mount). Also: a database locked by another process answers UNAVAILABLE after
+//! `--store-timeout`.
 
 mod common;
 
@@ -123,5 +124,37 @@ async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns(
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(readyz(&s).await.0, 200);
+    s.stop().await;
+}
+
+/// `--store-timeout` is SQLite's busy timeout too: while another process holds the database's write lock, a
+/// create answers 503 UNAVAILABLE after about that long instead of waiting, and goes through once the lock
+/// is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_answers_unavailable_after_the_store_timeout() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = clustercred::ServeConfig::for_data_dir(dir.path().join("data"));
+    config.store_timeout_secs = 1;
+    let s = TestServer::start_with(config).await;
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(s.data_dir.join("clustercred.db"));
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let started = std::time::Instant::now();
+    let status = create_cluster_c1(&s.url(""), &s.token, LOC).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "a busy database is UNAVAILABLE");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "answered after {waited:?}, not after the 1 s store timeout"
+    );
+    tx.rollback().await.unwrap();
+    let _ = other.close().await;
+    // Past the store's circuit breaker (1 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);
     s.stop().await;
 }

@@ -244,3 +244,40 @@ async fn replicas_starting_together_share_one_tls_server_ca() {
     drop((a, b));
     db.drop_it().await;
 }
+
+/// `--store-timeout` bounds a replica's wait on the database: while another session holds the audit chain's
+/// head row, a create answers 503 UNAVAILABLE after about that long (PostgreSQL cancels the lock wait at the
+/// pool's `statement_timeout`) instead of hanging, writes nothing, and succeeds once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_ends_at_the_store_timeout() {
+    let db = Database::create().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = master_key_file(secrets.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = replica_config(&db, dir.path(), &key);
+    config.store_timeout_secs = 1;
+    let s = TestServer::start_with(config).await;
+
+    let mut other = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = create_cluster_c1(&s.url(""), &s.token, LOC).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "a timed-out store call is UNAVAILABLE");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "answered after {waited:?}, not after the 1 s store timeout"
+    );
+    tx.rollback().await.unwrap();
+    let _ = other.close().await;
+
+    // Past the store's circuit breaker (1 s), the same create goes through: the failed one wrote nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);
+    s.stop().await;
+    db.drop_it().await;
+}

@@ -57,6 +57,29 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            other => StoreError::Backend(format!("migrating the database schema: {other}")),
+        }
+    }
+}
+
+/// One schema migration from a file under `migrations/<backend>/`, named `<version>_<description>.sql`.
+/// Built by hand rather than with `sqlx::migrate!`, which needs sqlx's `macros` feature (a second build of
+/// both database drivers for the host); the version, description (underscores as spaces) and checksum are
+/// the ones `migrate!` would record, so a later switch to it finds the same history.
+fn migration(version: i64, description: &str, sql: &'static str) -> sqlx::migrate::Migration {
+    sqlx::migrate::Migration::new(
+        version,
+        description.replace('_', " ").into(),
+        sqlx::migrate::MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str(sql),
+        false,
+    )
+}
+
 /// Whether a database error names a condition that passes by itself. The two backends' codes overlap as
 /// strings (SQLite's are numbers, and so are most SQLSTATEs), so the backend decides which table applies.
 fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
@@ -90,6 +113,10 @@ fn transient_sqlstate(code: &str) -> bool {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// How long a store call waits for a connection, a lock or a statement before it answers `Unavailable`,
+/// unless configured otherwise (`clustercred serve --store-timeout`).
+pub const DEFAULT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What one request writes once its response is built: the records the response depends on and its audit
 /// event. Concurrent requests' items are committed together (see [`GroupCommit`]).

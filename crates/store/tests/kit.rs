@@ -10,8 +10,11 @@ mod env;
 
 use std::time::{Duration, Instant};
 
-use clustercred_store::{AuditFilter, PgStore, PgStoreOptions, Store, StoreError, verify_chain};
+use clustercred_store::{
+    AuditEvent, AuditFilter, PgStore, PgStoreOptions, SqliteStore, Store, StoreError, verify_chain,
+};
 use env::Env;
+use sqlx::Connection;
 
 macro_rules! kit {
     ($($case:ident),* $(,)?) => {
@@ -115,6 +118,7 @@ async fn postgres_unreachable_is_unavailable_fast() {
     let options = PgStoreOptions {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(2),
+        ..PgStoreOptions::default()
     };
     let result = PgStore::connect("postgres://postgres@127.0.0.1:1/none", options).await;
     assert!(
@@ -135,4 +139,77 @@ async fn kit_fails_without_postgres() {
         joined.as_ref().is_err_and(|e| e.is_panic()),
         "an unreachable server must fail the case"
     );
+}
+
+/// A write that waits for a lock another session holds gives up after the store timeout with `Unavailable`
+/// (PostgreSQL: `statement_timeout` cancels the wait), writes nothing, and the store works once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lock_waits_end_at_the_statement_timeout() {
+    let env = Env::postgres().await;
+    let options = PgStoreOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(1),
+    };
+    let store = PgStore::connect_with(env.pg_options(), options)
+        .await
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect_with(&env.pg_options())
+        .await
+        .unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let blocked = store.append_audit(&AuditEvent::default()).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(blocked, Err(StoreError::Unavailable(_))),
+        "{blocked:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "gave up after {waited:?}"
+    );
+    tx.rollback().await.unwrap();
+    store.append_audit(&AuditEvent::default()).await.unwrap();
+    let events = store.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(events.len(), 1, "the cancelled append wrote nothing");
+    store.close().await;
+}
+
+/// The same with SQLite: another process's write transaction holds the file's write lock; a write gives up
+/// after the busy timeout with `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lock_waits_end_at_the_busy_timeout() {
+    let env = Env::sqlite().await;
+    let Env::Sqlite { path, .. } = &env else {
+        unreachable!()
+    };
+    let store = SqliteStore::open_with_timeout(path, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let started = Instant::now();
+    let blocked = store.append_audit(&AuditEvent::default()).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(blocked, Err(StoreError::Unavailable(_))),
+        "{blocked:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "gave up after {waited:?}"
+    );
+    tx.rollback().await.unwrap();
+    store.append_audit(&AuditEvent::default()).await.unwrap();
+    let events = store.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(events.len(), 1, "the timed-out append wrote nothing");
+    store.close().await;
 }

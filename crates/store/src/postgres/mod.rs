@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
@@ -23,13 +23,18 @@ pub struct PgStoreOptions {
     /// How long a caller waits for a connection before the store answers `Unavailable`: an unreachable
     /// database fails requests fast instead of queueing them.
     pub acquire_timeout: Duration,
+    /// The longest a statement may run, lock waits included, before PostgreSQL cancels it (`statement_timeout`
+    /// of every pooled session; zero: no limit). A cancelled statement answers `Unavailable` and its
+    /// transaction writes nothing. Schema migrations are not bound by it.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PgStoreOptions {
     fn default() -> Self {
         PgStoreOptions {
             max_connections: 8,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: DEFAULT_STORE_TIMEOUT,
+            statement_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -51,19 +56,8 @@ struct PgWriter {
     pool: PgPool,
 }
 
-/// The schema migrations, in order. Built from the files rather than with `sqlx::migrate!`, which needs
-/// sqlx's `macros` feature (a second build of both database drivers for the host); the versions,
-/// descriptions and checksums are the ones `migrate!` would record.
+/// The schema migrations, in order (see [`crate::migration`]).
 fn migrator() -> Migrator {
-    let migration = |version, description: &str, sql: &'static str| {
-        Migration::new(
-            version,
-            description.to_string().into(),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(sql),
-            false,
-        )
-    };
     Migrator::with_migrations(vec![
         migration(
             1,
@@ -72,19 +66,10 @@ fn migrator() -> Migrator {
         ),
         migration(
             3,
-            "alloydb endpoint",
+            "alloydb_endpoint",
             include_str!("../../migrations/postgres/0003_alloydb_endpoint.sql"),
         ),
     ])
-}
-
-impl From<MigrateError> for StoreError {
-    fn from(e: MigrateError) -> Self {
-        match e {
-            MigrateError::Execute(e) => e.into(),
-            other => StoreError::Backend(format!("migrating the database schema: {other}")),
-        }
-    }
 }
 
 impl PgStore {
@@ -99,20 +84,36 @@ impl PgStore {
         connect: PgConnectOptions,
         options: PgStoreOptions,
     ) -> Result<PgStore> {
+        // Milliseconds, PostgreSQL's unit for a bare number; set per session after connecting rather than as a
+        // startup parameter, which poolers such as PgBouncer refuse.
+        let statement_timeout =
+            u64::try_from(options.statement_timeout.as_millis()).unwrap_or(u64::MAX);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let set = format!("SET statement_timeout = {statement_timeout}");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(connect)
             .await?;
         {
             let mut conn = pool.acquire().await?;
+            // The migration connection is never pooled: it runs without the statement timeout (waiting for
+            // another replica's migration, or building an index on a large table, may well take longer), and a
+            // migration that fails part-way leaves its session holding the migrator's advisory lock.
+            conn.close_on_drop();
+            sqlx::raw_sql("SET statement_timeout = 0")
+                .execute(&mut *conn)
+                .await?;
             // `run_direct` rather than `run`: `run`'s future cannot be proven `Send` (sqlx's `Acquire` is not
-            // general enough), and a caller must be able to spawn `connect`. A migration that fails part-way
-            // leaves its session holding the migrator's advisory lock: that session is never pooled.
-            if let Err(e) = migrator().run_direct(None, &mut *conn, false).await {
-                conn.close_on_drop();
-                return Err(e.into());
-            }
+            // general enough), and a caller must be able to spawn `connect`.
+            migrator().run_direct(None, &mut *conn, false).await?;
         }
         let group = Arc::new(GroupCommit::start(Arc::new(PgWriter {
             pool: pool.clone(),

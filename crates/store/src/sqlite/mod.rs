@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -15,14 +16,40 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::*;
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    include_str!("schema.sql"),
-    include_str!("schema_v2.sql"),
-    include_str!("schema_v3.sql"),
-    include_str!("schema_v4.sql"),
-    include_str!("schema_v5.sql"),
-];
+/// The schema migrations, in order (see [`crate::migration`]).
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "policies_and_audit_log",
+            include_str!("../../migrations/sqlite/0002_policies_and_audit_log.sql"),
+        ),
+        migration(
+            3,
+            "bearer_token_expiry",
+            include_str!("../../migrations/sqlite/0003_bearer_token_expiry.sql"),
+        ),
+        migration(
+            4,
+            "audit_anchoring",
+            include_str!("../../migrations/sqlite/0004_audit_anchoring.sql"),
+        ),
+        migration(
+            6,
+            "alloydb_endpoint",
+            include_str!("../../migrations/sqlite/0006_alloydb_endpoint.sql"),
+        ),
+    ])
+}
+
+/// Before sqlx's migrator, a database recorded in `PRAGMA user_version` how many of the migrations 1..=4 it
+/// had run, and had no `_sqlx_migrations` table.
+const LAST_USER_VERSION_MIGRATION: i64 = 4;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -43,28 +70,40 @@ struct SqliteWriter {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (creating if needed) the database file and brings its schema up to date, with the default
+    /// timeout (see [`SqliteStore::open_with_timeout`]).
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with_timeout(path, DEFAULT_STORE_TIMEOUT).await
+    }
+
+    /// Opens the database file; `timeout` bounds both the wait for a pooled connection and the wait for
+    /// another process's write lock (SQLite's busy timeout), after which a call answers `Unavailable`.
+    pub async fn open_with_timeout(path: &Path, timeout: Duration) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::with_options(options, 8).await
+            .busy_timeout(timeout);
+        Self::with_options(options, 8, timeout).await
     }
 
     /// A private in-memory database (tests).
     pub async fn in_memory() -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
         // One connection: every in-memory connection would otherwise be its own empty database.
-        Self::with_options(options, 1).await
+        Self::with_options(options, 1, DEFAULT_STORE_TIMEOUT).await
     }
 
-    async fn with_options(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
+    async fn with_options(
+        options: SqliteConnectOptions,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
             // A transaction whose COMMIT failed (a full disk) may have been rolled back by SQLite itself, and
             // then sqlx's own ROLLBACK fails and leaves the connection counted as inside a transaction: every
             // later BEGIN on it would fail. Such a connection is closed instead of reused. The ping waits for
@@ -87,25 +126,43 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Brings the schema up to date with sqlx's migrator, all in one `BEGIN IMMEDIATE` transaction: a server
+    /// and a CLI opening one file at once take turns (sqlx's SQLite migrator has no lock of its own; each
+    /// migration runs in a savepoint inside ours), and a failure leaves the database as it was.
     async fn migrate(&self) -> Result<()> {
+        let migrator = migrator();
         let mut tx = self.begin_write().await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        let applied = usize::try_from(version).unwrap_or(0);
-        if applied > MIGRATIONS.len() {
-            return Err(StoreError::Backend(format!(
-                "database schema version {version} is newer than this clustercred ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            let pragma = format!("PRAGMA user_version = {}", i + 1);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(pragma))
-                .execute(&mut *tx)
+        let tracked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !tracked {
+            // A database of the user_version scheme: its first `user_version` migrations ran already. Record
+            // them as applied (with their checksums) without running them again; the rest run below.
+            let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+                .fetch_one(&mut *tx)
                 .await?;
+            if version > LAST_USER_VERSION_MIGRATION {
+                return Err(StoreError::Backend(format!(
+                    "database schema version {version} is newer than this clustercred \
+                     ({LAST_USER_VERSION_MIGRATION})"
+                )));
+            }
+            if version > 0 {
+                migrator.run_direct(Some(version), &mut *tx, true).await?;
+            }
         }
+        // Fails on a database that has a migration this clustercred does not know (a newer release's).
+        migrator.run_direct(None, &mut *tx, false).await?;
+        // The newest version in user_version too, so a clustercred from before sqlx's migrator refuses a
+        // schema newer than its own instead of running its first migration on it.
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {latest}"
+        )))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

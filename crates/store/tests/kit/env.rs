@@ -83,6 +83,7 @@ impl Env {
         let options = PgStoreOptions {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(10),
+            ..PgStoreOptions::default()
         };
         PgStore::connect_with(self.pg_options(), options)
             .await
