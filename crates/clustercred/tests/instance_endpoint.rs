@@ -263,9 +263,14 @@ async fn connectors_reach_postgres_and_every_refusal_closes_first() {
     // An expired certificate of the right CA (signed here with the cluster's own key, an hour too old).
     let expired = {
         let master = clustercred::bootstrap::master_key(&t.s.data_dir, None).unwrap();
-        let store = clustercred::database::open(&t.s.data_dir, None, false)
-            .await
-            .unwrap();
+        let store = clustercred::database::open(
+            &t.s.data_dir,
+            None,
+            false,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let owner = clustercred_store::ca_owner("alloydb.Cluster", &format!("{LOC}/clusters/c1"));
         let record = store.get_ca(&owner).await.unwrap().unwrap();
         let key = master
@@ -340,9 +345,14 @@ async fn connectors_reach_postgres_and_every_refusal_closes_first() {
 
     // The connections are audited: sessions and the refusal of the revoked certificate.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let store = clustercred::database::open(&t.s.data_dir, None, false)
-        .await
-        .unwrap();
+    let store = clustercred::database::open(
+        &t.s.data_dir,
+        None,
+        false,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let events = store
         .list_audit(&clustercred_store::AuditFilter::default())
         .await
