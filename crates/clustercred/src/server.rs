@@ -285,6 +285,7 @@ impl Server {
             ctx,
             endpoints: instances::EndpointOptions {
                 backends,
+                data_dir: config.data_dir.clone(),
                 max_connections: config.alloydb_max_connections,
                 port: config.alloydb_instance_port,
             },

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clustercred::ServeConfig;
@@ -14,109 +12,9 @@ use common::*;
 
 const LOC: &str = "projects/outage/locations/l1";
 
-struct Cluster {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Cluster {
-    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
-        let root = rustix::process::geteuid().is_root();
-        let mut cmd = if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join(tool));
-            c
-        } else {
-            Command::new(self.bin.join(tool))
-        };
-        cmd.args(args).output().expect("running a PostgreSQL tool")
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn start(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        let out = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "30",
-                "-o",
-                &opts,
-                "start",
-            ],
-        );
-        assert!(out.status.success(), "pg_ctl start: {out:?}");
-    }
-
-    fn stop(&self) {
-        let out = self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {out:?}");
-    }
-
-    fn new() -> Cluster {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|dirs| {
-                dirs.filter_map(|d| d.ok().map(|d| d.path().join("bin")))
-                    .filter(|b| b.join("initdb").exists())
-                    .max()
-            })
-            .expect(
-                "this test needs the PostgreSQL server binaries under /usr/lib/postgresql/*/bin",
-            );
-        let dir = tempfile::tempdir().unwrap();
-        if rustix::process::geteuid().is_root() {
-            let ok = Command::new("chown")
-                .args(["postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown to the postgres user");
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = Cluster { bin, dir, port };
-        let out = cluster.run(
-            "initdb",
-            &["-D", &cluster.data(), "-A", "trust", "-U", "postgres", "-N"],
-        );
-        assert!(out.status.success(), "initdb: {out:?}");
-        cluster.start();
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_answers_unavailable_fast_and_service_resumes() {
-    let pg = Cluster::new();
+    let pg = PgCluster::new();
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServeConfig::for_data_dir(dir.path().join("data"));
     config.database = Some(pg.url());

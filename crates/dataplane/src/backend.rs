@@ -77,6 +77,11 @@ impl Backends {
         })
     }
 
+    /// Whether any backend is configured.
+    pub fn any(&self) -> bool {
+        self.default.is_some() || !self.overrides.is_empty()
+    }
+
     /// The backend of a cluster (`projects/P/locations/L/clusters/C`): its override, else the default.
     pub fn for_cluster(&self, cluster: &str) -> Option<&str> {
         self.overrides

@@ -81,11 +81,13 @@ impl AuthType {
     }
 }
 
-/// Where a backend listens, from its `postgres://` URL.
+/// Where a backend listens, from its `postgres://` URL, and the CA its server certificate is checked
+/// against for IAM logins (`?sslrootcert=PATH`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendAddr {
     pub host: String,
     pub port: u16,
+    pub root_cert: Option<std::path::PathBuf>,
 }
 
 impl BackendAddr {
@@ -98,9 +100,50 @@ impl BackendAddr {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let root_cert = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "sslrootcert")
+            .map(|(_, v)| std::path::PathBuf::from(v.as_ref()));
         Ok(BackendAddr {
             host,
             port: parsed.port().unwrap_or(5432),
+            root_cert,
+        })
+    }
+
+    /// TLS to this backend as the holder of `chain_pem`/`key_pem` (a client certificate the backend trusts
+    /// through `pg_hba` `cert`), checking the backend's certificate against `sslrootcert`.
+    pub fn client_tls(&self, chain_pem: &str, key_pem: &str) -> Result<BackendTls, String> {
+        let root = self.root_cert.as_ref().ok_or(
+            "the instance's backend URL has no sslrootcert: IAM logins need TLS to a backend whose \
+             certificate can be checked",
+        )?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(root)
+            .map_err(|e| format!("backend sslrootcert {}: {e}", root.display()))?
+        {
+            roots
+                .add(cert.map_err(|e| format!("backend sslrootcert: {e}"))?)
+                .map_err(|e| format!("backend sslrootcert: {e}"))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("backend client certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("backend client key: {e}"))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("backend client certificate: {e}"))?;
+        let server_name = ServerName::try_from(self.host.clone())
+            .map_err(|e| format!("backend host {}: {e}", self.host))?;
+        Ok(BackendTls {
+            config: Arc::new(config),
+            server_name,
         })
     }
 }
@@ -137,6 +180,9 @@ pub trait Gatekeeper: Send + Sync + 'static {
         admission: &Admission,
         token: &str,
     ) -> Result<IamLogin, String>;
+    /// Whether `user` is an IAM database user of the instance's cluster: a client that did not use the
+    /// metadata exchange then logs in with its access token as the password.
+    async fn is_iam_user(&self, instance: &InstanceInfo, user: &str) -> bool;
     /// A connection ended (or was refused).
     async fn closed(&self, instance: &InstanceInfo, summary: ConnectionSummary);
 }
@@ -472,6 +518,32 @@ async fn session(
         } => {
             summary.database_user = Some(user.clone());
             summary.database = database;
+            // Without the metadata exchange (asyncpg), an IAM user's password is its access token: ask for
+            // it in clear text (inside this TLS) and log in as for AUTO_IAM.
+            if login.is_none()
+                && !admission.metadata_exchange
+                && shared.gate.is_iam_user(&shared.instance, &user).await
+            {
+                summary.auth_type = Some(AuthType::AutoIam);
+                let token = step("password", password(&mut tls)).await?;
+                match shared
+                    .gate
+                    .iam_login(&shared.instance, &admission, &token)
+                    .await
+                {
+                    Ok(l) => login = Some(l),
+                    Err(reason) => {
+                        let _ = tls
+                            .write_all(&pgwire::fatal(
+                                "28P01",
+                                &format!("IAM authentication failed for user {user:?}: {reason}"),
+                            ))
+                            .await;
+                        let _ = tls.shutdown().await;
+                        return Err(reason);
+                    }
+                }
+            }
             if let Some(login) = &login
                 && login.database_user != user
             {
@@ -525,6 +597,35 @@ async fn session(
             Ok(())
         }
         Err(e) => Err(format!("relay: {e}")),
+    }
+}
+
+/// Asks for a clear-text password (AuthenticationCleartextPassword) and reads the PasswordMessage.
+async fn password<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    stream
+        .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 5];
+    stream
+        .read_exact(&mut head)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if head[0] != b'p' || !(5..=mdx::MAX_FRAME).contains(&len) {
+        return Err("expected a password message".into());
+    }
+    let mut body = vec![0u8; len - 4];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    match body.split_last() {
+        Some((0, text)) => {
+            String::from_utf8(text.to_vec()).map_err(|_| "the password is not UTF-8".into())
+        }
+        _ => Err("the password message is not terminated".into()),
     }
 }
 

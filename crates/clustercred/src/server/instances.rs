@@ -38,6 +38,8 @@ struct Wanted {
 
 pub struct EndpointOptions {
     pub backends: Backends,
+    /// Where the backend client CA's certificate is written for operators (`alloydb-backend-ca.pem`).
+    pub data_dir: std::path::PathBuf,
     pub max_connections: usize,
     /// The port instances listen on: 5433, where the connectors dial.
     pub port: u16,
@@ -45,7 +47,23 @@ pub struct EndpointOptions {
 
 /// Runs until `stop` turns true, then closes every endpoint and its connections.
 pub async fn run(ctx: Arc<Ctx>, options: EndpointOptions, mut stop: watch::Receiver<bool>) {
-    let gate: Arc<dyn Gatekeeper> = Arc::new(Gate { ctx: ctx.clone() });
+    let gate: Arc<dyn Gatekeeper> = Arc::new(Gate {
+        ctx: ctx.clone(),
+        backends: options.backends.clone(),
+    });
+    if options.backends.any() {
+        match backend_ca(&ctx).await {
+            Ok(ca) => {
+                let path = options.data_dir.join(BACKEND_CA_FILE);
+                if let Err(e) = std::fs::write(&path, ca.cert_pem()) {
+                    tracing::warn!(path = %path.display(), error = %e, "writing the backend client CA failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the backend client CA is not available; IAM logins fail")
+            }
+        }
+    }
     let mut running: HashMap<String, (Wanted, Endpoint)> = HashMap::new();
     let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut seen_epoch = None;
@@ -200,10 +218,80 @@ async fn start(
     Ok(Endpoint::start(spec, gate.clone()).await?)
 }
 
+/// The CA whose client certificates the backends trust (`pg_hba` `cert`) for IAM logins: one for the whole
+/// deployment, kept sealed in the store like the cluster CAs; its certificate goes in each backend's
+/// `ssl_ca_file`.
+pub const BACKEND_CA_OWNER: &str = "clustercred:alloydb-backend-client-ca";
+pub const BACKEND_CA_FILE: &str = "alloydb-backend-ca.pem";
+/// Lifetime of the client certificate an IAM login presents to the backend: long enough for the handshake.
+const BACKEND_LOGIN_LIFETIME: time::Duration = time::Duration::minutes(5);
+
+/// The backend client CA, created on first use (replicas racing to create it keep the first one stored).
+pub async fn backend_ca(ctx: &Ctx) -> anyhow::Result<Arc<clustercred_api::context::ClusterCaRef>> {
+    if let Some(ca) = ctx
+        .ca(BACKEND_CA_OWNER)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+    {
+        return Ok(ca);
+    }
+    let (record, _) = ctx
+        .new_ca(BACKEND_CA_OWNER, "alloydb backend client")
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    match ctx.store.put_ca(&record).await {
+        Ok(()) | Err(clustercred_store::StoreError::AlreadyExists) => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.ca(BACKEND_CA_OWNER)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .ok_or_else(|| anyhow::anyhow!("the backend client CA vanished"))
+}
+
+/// The PostgreSQL user an IAM principal logs in as (Google's rule): a service account by its email without
+/// `.gserviceaccount.com` (`NAME@PROJECT.iam`), a user by its id (email).
+pub fn iam_database_user(principal: &clustercred_api::Principal) -> Option<String> {
+    match &principal.kind {
+        clustercred_api::PrincipalKind::ServiceAccount { .. } => Some(
+            principal
+                .id
+                .strip_suffix(".gserviceaccount.com")
+                .unwrap_or(&principal.id)
+                .to_string(),
+        ),
+        clustercred_api::PrincipalKind::User => Some(principal.id.clone()),
+        _ => None,
+    }
+}
+
+/// The one field of an AlloyDB `User` record the endpoint needs (field 5, `user_type`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct UserType {
+    #[prost(int32, tag = "5")]
+    user_type: i32,
+}
+const ALLOYDB_IAM_USER: i32 = 2;
+const USER_KIND: &str = "alloydb.User";
+
 /// Admits client certificates by their issuance records, read from the database on every connection so a
 /// revocation holds at once on every replica.
 struct Gate {
     ctx: Arc<Ctx>,
+    backends: Backends,
+}
+
+impl Gate {
+    async fn iam_user_exists(&self, cluster: &str, user: &str) -> Result<bool, String> {
+        let record = self
+            .ctx
+            .store
+            .get_resource(USER_KIND, &format!("{cluster}/users/{user}"))
+            .await
+            .map_err(|e| format!("looking up database user {user}: {e}"))?;
+        Ok(record
+            .and_then(|r| UserType::decode(r.data.as_slice()).ok())
+            .is_some_and(|u| u.user_type == ALLOYDB_IAM_USER))
+    }
 }
 
 #[async_trait]
@@ -239,11 +327,67 @@ impl Gatekeeper for Gate {
 
     async fn iam_login(
         &self,
-        _instance: &InstanceInfo,
+        instance: &InstanceInfo,
         _admission: &Admission,
-        _token: &str,
+        token: &str,
     ) -> Result<IamLogin, String> {
-        Err("IAM database authentication is not enabled on this instance".to_string())
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the OAuth2 token is not a valid header value".to_string())?;
+        metadata.insert("authorization", value);
+        let principal = self
+            .ctx
+            .access
+            .authenticate(&metadata)
+            .await
+            .map_err(|s| format!("the OAuth2 token is not valid: {}", s.message()))?;
+        for permission in ["alloydb.instances.connect", "alloydb.users.login"] {
+            self.ctx
+                .access
+                .authorize(&principal, permission, &instance.name)
+                .await
+                .map_err(|s| s.message().to_string())?;
+        }
+        let user = iam_database_user(&principal)
+            .ok_or_else(|| format!("{} cannot have an IAM database user", principal.member()))?;
+        if !self.iam_user_exists(&instance.cluster, &user).await? {
+            return Err(format!(
+                "{} has no IAM database user {user:?} in {} (gcloud alloydb users create --type IAM_BASED)",
+                principal.member(),
+                instance.cluster
+            ));
+        }
+        let backend = self
+            .backends
+            .for_instance(&instance.name)
+            .ok_or("the instance has no backend database")?;
+        let backend = BackendAddr::from_url(backend)?;
+        let ca = backend_ca(&self.ctx).await.map_err(|e| e.to_string())?;
+        let key = generate_key_pair(GeneratedKeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
+        let cert = ca
+            .issue_client_certificate(
+                &clustercred_authority::LeafRequest {
+                    public_key: &key.public_key,
+                    subject_common_name: &user,
+                    subject_organization: None,
+                    lifetime: BACKEND_LOGIN_LIFETIME,
+                },
+                self.ctx.now(),
+            )
+            .map_err(|e| e.to_string())?;
+        let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
+        Ok(IamLogin {
+            principal: principal.member(),
+            database_user: user,
+            backend_tls: backend.client_tls(&chain, &key.private_key_pem)?,
+        })
+    }
+
+    async fn is_iam_user(&self, instance: &InstanceInfo, user: &str) -> bool {
+        self.iam_user_exists(&instance.cluster, user)
+            .await
+            .unwrap_or(false)
     }
 
     async fn closed(&self, instance: &InstanceInfo, s: ConnectionSummary) {

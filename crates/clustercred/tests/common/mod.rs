@@ -1,6 +1,10 @@
 //! A real server on an ephemeral port with a temporary data directory, and clients for it.
 #![allow(dead_code)]
 
+pub mod pg_cluster;
+#[allow(unused_imports)]
+pub use pg_cluster::PgCluster;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
