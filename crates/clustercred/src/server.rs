@@ -149,7 +149,13 @@ impl Server {
             master,
         ));
 
-        let alloydb = AlloyDb::new(ctx.clone());
+        // Database users become roles in each cluster's backend database.
+        let backends = config
+            .alloydb_backends()
+            .context("reading --alloydb-backend and --alloydb-backend-for")?;
+        let alloydb = AlloyDb::new(ctx.clone()).with_database_users(Arc::new(
+            crate::database_users::BackendDatabaseUsers::new(backends),
+        ));
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(clustercred_proto::FILE_DESCRIPTOR_SET)

@@ -3,3 +3,4 @@
 //! pieces that talk to clients and to those backends, apart from the admin API.
 
 pub mod backend;
+pub mod roles;
