@@ -42,7 +42,7 @@ fn derive_alloydb(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     for version in ALLOYDB_DERIVED {
         let dir = out.join("google/cloud/alloydb").join(version);
         std::fs::create_dir_all(&dir)?;
-        for file in ["resources.proto", "service.proto"] {
+        for file in ["resources.proto", "users.proto", "service.proto"] {
             let mut text = std::fs::read_to_string(v1.join(file))?
                 .replace(
                     "google.cloud.alloydb.v1.",

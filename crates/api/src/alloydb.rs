@@ -18,6 +18,13 @@ use crate::names::{
     ChildName, ResourceName, parse_child, parse_location, parse_resource, validate_id,
 };
 
+pub mod users;
+
+pub use users::{
+    DatabaseUserError, DatabaseUsers, IamLogin, NoBackends, RoleChange, RoleLogin,
+    authorize_iam_login, iam_database_user, iam_database_username,
+};
+
 pub const CLUSTER_KIND: &str = "alloydb.Cluster";
 pub const INSTANCE_KIND: &str = "alloydb.Instance";
 
@@ -25,11 +32,23 @@ pub const INSTANCE_KIND: &str = "alloydb.Instance";
 #[derive(Clone)]
 pub struct AlloyDb {
     ctx: Arc<Ctx>,
+    /// The roles of database users in the clusters' backend databases.
+    users: Arc<dyn DatabaseUsers>,
 }
 
 impl AlloyDb {
+    /// Without backend databases: the Users API answers FAILED_PRECONDITION until [`Self::with_database_users`].
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        AlloyDb { ctx }
+        AlloyDb {
+            ctx,
+            users: Arc::new(NoBackends),
+        }
+    }
+
+    /// Database users are applied to the backends through `users`.
+    pub fn with_database_users(mut self, users: Arc<dyn DatabaseUsers>) -> Self {
+        self.users = users;
+        self
     }
 
     fn operation(
@@ -200,16 +219,22 @@ impl AlloyDb {
             ));
         }
         if !req.force {
-            let instances = self
-                .ctx
-                .store
-                .list_resources(INSTANCE_KIND, &name_s, None, 1)
-                .await
-                .map_err(|e| from_store("listing instances", e))?;
-            if !instances.is_empty() {
-                return Err(Status::failed_precondition(
-                    "the cluster still has instances: delete them first or set force",
-                ));
+            for (kind, what) in [
+                (INSTANCE_KIND, "instances"),
+                (users::USER_KIND, "database users"),
+            ] {
+                let children = self
+                    .ctx
+                    .store
+                    .list_resources(kind, &name_s, None, 1)
+                    .await
+                    .map_err(|e| from_store("listing the cluster's resources", e))?;
+                if !children.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "the cluster still has {what}: delete them first or set force (force leaves the \
+                         database users' roles in the backend database)"
+                    )));
+                }
             }
         }
         let (op, op_record) = self.operation(
@@ -627,6 +652,41 @@ macro_rules! alloydb_version {
             ) -> Result<Response<clustercred_proto::google::cloud::alloydb::$version::ConnectionInfo>, Status> {
                 let r = self.0.get_connection_info(convert_request(request)?).await?;
                 Ok(Response::new(convert(&r)?))
+            }
+            async fn list_users(
+                &self,
+                request: Request<clustercred_proto::google::cloud::alloydb::$version::ListUsersRequest>,
+            ) -> Result<Response<clustercred_proto::google::cloud::alloydb::$version::ListUsersResponse>, Status> {
+                let r = self.0.list_users(convert_request(request)?).await?;
+                Ok(Response::new(convert(&r)?))
+            }
+            async fn get_user(
+                &self,
+                request: Request<clustercred_proto::google::cloud::alloydb::$version::GetUserRequest>,
+            ) -> Result<Response<clustercred_proto::google::cloud::alloydb::$version::User>, Status> {
+                let u = self.0.get_user(convert_request(request)?).await?;
+                Ok(Response::new(convert(&u)?))
+            }
+            async fn create_user(
+                &self,
+                request: Request<clustercred_proto::google::cloud::alloydb::$version::CreateUserRequest>,
+            ) -> Result<Response<clustercred_proto::google::cloud::alloydb::$version::User>, Status> {
+                let u = self.0.create_user(convert_request(request)?).await?;
+                Ok(Response::new(convert(&u)?))
+            }
+            async fn update_user(
+                &self,
+                request: Request<clustercred_proto::google::cloud::alloydb::$version::UpdateUserRequest>,
+            ) -> Result<Response<clustercred_proto::google::cloud::alloydb::$version::User>, Status> {
+                let u = self.0.update_user(convert_request(request)?).await?;
+                Ok(Response::new(convert(&u)?))
+            }
+            async fn delete_user(
+                &self,
+                request: Request<clustercred_proto::google::cloud::alloydb::$version::DeleteUserRequest>,
+            ) -> Result<Response<()>, Status> {
+                self.0.delete_user(convert_request(request)?).await?;
+                Ok(Response::new(()))
             }
             async fn generate_client_certificate(
                 &self,

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ReflectMessage};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
@@ -227,15 +227,31 @@ impl Gate {
         let message = DynamicMessage::decode(descriptor.input(), frame).map_err(|e| {
             Status::invalid_argument(format!("the request message does not decode: {e}"))
         })?;
-        let value = message
-            .get_field_by_name(resource.field())
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let value = string_at(&message, resource.field()).unwrap_or_default();
         Ok(match resource {
             Resource::Field(_) => value,
             Resource::ProjectId(_) if value.starts_with("projects/") => value,
             Resource::ProjectId(_) => format!("projects/{value}"),
         })
+    }
+}
+
+/// The string a dotted field path (`user.name`) holds in a decoded request; none when a step is unset.
+fn string_at(message: &DynamicMessage, path: &str) -> Option<String> {
+    match path.split_once('.') {
+        None => message
+            .get_field_by_name(path)
+            .and_then(|v| v.as_str().map(str::to_string)),
+        Some((head, rest)) => {
+            let field = message.descriptor().get_field_by_name(head)?;
+            if !message.has_field(&field) {
+                return None;
+            }
+            match message.get_field(&field).as_ref() {
+                prost_reflect::Value::Message(child) => string_at(child, rest),
+                _ => None,
+            }
+        }
     }
 }
 

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use prost_reflect::{DescriptorPool, Kind};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 
 /// Where the resource a permission is checked on comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resource {
-    /// A string field holding a resource name (`projects/P/...`).
+    /// A string field holding a resource name (`projects/P/...`); a dotted path reaches into singular message
+    /// fields (`user.name`).
     Field(&'static str),
     /// A string field holding a bare project id (Resource Manager v1: `resource` = `P` or `projects/P`).
     ProjectId(&'static str),
@@ -164,6 +165,20 @@ const ALLOYDB: &[(&str, MethodRule)] = &[
     (
         "GetConnectionInfo",
         read(&["alloydb.instances.connect"], Field("parent")),
+    ),
+    ("ListUsers", read(&["alloydb.users.list"], Field("parent"))),
+    ("GetUser", read(&["alloydb.users.get"], Field("name"))),
+    (
+        "CreateUser",
+        write(&["alloydb.users.create"], Field("parent")),
+    ),
+    (
+        "UpdateUser",
+        write(&["alloydb.users.update"], Field("user.name")),
+    ),
+    (
+        "DeleteUser",
+        write(&["alloydb.users.delete"], Field("name")),
     ),
 ];
 
@@ -407,7 +422,7 @@ impl MethodTable {
                 };
                 if let Some(resource) = rule.resource() {
                     let field = resource.field();
-                    match method.input().get_field_by_name(field) {
+                    match field_at(&method.input(), field) {
                         Some(f) if f.kind() == Kind::String && !f.is_list() => {}
                         _ => problems.push(format!(
                             "{full}: resource field `{field}` is not a string field of {}",
@@ -427,6 +442,23 @@ impl MethodTable {
             Err(problems.join("; "))
         }
     }
+}
+
+/// The field a dotted path (`user.name`) names, every step before the last a singular message field.
+pub fn field_at(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let mut current = message.clone();
+    let mut steps = path.split('.').peekable();
+    while let Some(step) = steps.next() {
+        let field = current.get_field_by_name(step)?;
+        if steps.peek().is_none() {
+            return Some(field);
+        }
+        match field.kind() {
+            Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
+            _ => return None,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -455,6 +487,33 @@ mod tests {
             err.contains(
                 "EdgeContainer/GenerateOfflineCredential is served but has no access rule"
             ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nested_resource_fields_are_checked_step_by_step() {
+        let pool = pool();
+        let update = pool
+            .get_message_by_name("google.cloud.alloydb.v1.UpdateUserRequest")
+            .expect("UpdateUserRequest");
+        assert_eq!(
+            field_at(&update, "user.name").map(|f| f.full_name().to_string()),
+            Some("google.cloud.alloydb.v1.User.name".to_string())
+        );
+        assert!(field_at(&update, "user.nope").is_none());
+        assert!(field_at(&update, "request_id.x").is_none());
+        let mut table = MethodTable::standard();
+        table.add_service(
+            "google.cloud.alloydb.v1.AlloyDBAdmin",
+            &[(
+                "UpdateUser",
+                write(&["alloydb.users.update"], Field("user.database_roles")),
+            )],
+        );
+        let err = table.check(&pool).unwrap_err();
+        assert!(
+            err.contains("resource field `user.database_roles`"),
             "{err}"
         );
     }

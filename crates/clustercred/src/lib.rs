@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod database_users;
 pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -155,7 +155,10 @@ impl Server {
             master,
         ));
 
-        let alloydb = AlloyDb::new(ctx.clone());
+        // Database users become roles in each cluster's backend database.
+        let alloydb = AlloyDb::new(ctx.clone()).with_database_users(Arc::new(
+            crate::database_users::BackendDatabaseUsers::new(backends.clone()),
+        ));
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(clustercred_proto::FILE_DESCRIPTOR_SET)

@@ -6,3 +6,4 @@ pub mod backend;
 pub mod endpoint;
 pub mod mdx;
 pub mod pgwire;
+pub mod roles;

@@ -136,12 +136,65 @@ fn field_numbers_and_names_match_google() {
         ),
         ("google.cloud.gkemulticloud.v1.OperationMetadata", "verb", 7),
         ("google.cloud.alloydb.v1.OperationMetadata", "verb", 4),
+        ("google.cloud.alloydb.v1.User", "name", 1),
+        ("google.cloud.alloydb.v1.User", "password", 2),
+        ("google.cloud.alloydb.v1.User", "database_roles", 4),
+        ("google.cloud.alloydb.v1.User", "user_type", 5),
+        ("google.cloud.alloydb.v1beta.User", "keep_extra_roles", 6),
+        ("google.cloud.alloydb.v1.CreateUserRequest", "user_id", 2),
+        ("google.cloud.alloydb.v1.CreateUserRequest", "user", 3),
+        ("google.cloud.alloydb.v1.CreateUserRequest", "request_id", 4),
+        (
+            "google.cloud.alloydb.v1.CreateUserRequest",
+            "validate_only",
+            5,
+        ),
+        ("google.cloud.alloydb.v1.ListUsersRequest", "order_by", 5),
+        (
+            "google.cloud.alloydb.v1.ListUsersResponse",
+            "unreachable",
+            3,
+        ),
+        (
+            "google.cloud.alloydb.v1.UpdateUserRequest",
+            "update_mask",
+            1,
+        ),
+        ("google.cloud.alloydb.v1.UpdateUserRequest", "user", 2),
+        (
+            "google.cloud.alloydb.v1alpha.UpdateUserRequest",
+            "allow_missing",
+            5,
+        ),
+        (
+            "google.cloud.alloydb.v1.DeleteUserRequest",
+            "validate_only",
+            3,
+        ),
     ];
     for (message, field, number) in cases {
         assert_eq!(
             field_number(&pool, message, field),
             Some(number),
             "{message}.{field}"
+        );
+    }
+    for v in ["v1", "v1beta", "v1alpha"] {
+        let user_type = pool
+            .get_enum_by_name(&format!("google.cloud.alloydb.{v}.User.UserType"))
+            .expect("UserType");
+        let values: Vec<(String, i32)> = user_type
+            .values()
+            .map(|e| (e.name().to_string(), e.number()))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("USER_TYPE_UNSPECIFIED".to_string(), 0),
+                ("ALLOYDB_BUILT_IN".to_string(), 1),
+                ("ALLOYDB_IAM_USER".to_string(), 2)
+            ],
+            "{v}"
         );
     }
     assert_eq!(
@@ -275,6 +328,36 @@ fn every_served_method_has_googles_binding() {
             "GetConnectionInfo",
             "GET",
             "{parent=projects/*/locations/*/clusters/*/instances/*}/connectionInfo",
+            "",
+        ),
+        (
+            "ListUsers",
+            "GET",
+            "{parent=projects/*/locations/*/clusters/*}/users",
+            "",
+        ),
+        (
+            "GetUser",
+            "GET",
+            "{name=projects/*/locations/*/clusters/*/users/*}",
+            "",
+        ),
+        (
+            "CreateUser",
+            "POST",
+            "{parent=projects/*/locations/*/clusters/*}/users",
+            "user",
+        ),
+        (
+            "UpdateUser",
+            "PATCH",
+            "{user.name=projects/*/locations/*/clusters/*/users/*}",
+            "user",
+        ),
+        (
+            "DeleteUser",
+            "DELETE",
+            "{name=projects/*/locations/*/clusters/*/users/*}",
             "",
         ),
     ];

@@ -401,3 +401,48 @@ fn dynamic_messages_match_prost_types() {
         typed
     );
 }
+
+/// gcloud's `users set-roles`: PATCH on `{user.name=...}` with the proto (snake_case) name in `updateMask`; the
+/// JSON (lowerCamelCase) form means the same. A `%40` in the user id decodes to `@`.
+#[tokio::test]
+async fn update_masks_take_both_name_forms_in_the_query() {
+    let user = format!("{C}/users/sa@p.iam");
+    let reply = Ok(alloydb::User {
+        name: user.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    for (mask, want) in [
+        ("database_roles", vec!["database_roles"]),
+        ("databaseRoles,password", vec!["database_roles", "password"]),
+        ("keepExtraRoles", vec!["keep_extra_roles"]),
+    ] {
+        let req = Request::patch(format!(
+            "/alloydb/v1/{C}/users/sa%40p.iam?alt=json&updateMask={mask}"
+        ))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"name": user, "databaseRoles": ["r1"]}).to_string(),
+        ))
+        .unwrap();
+        let (status, _, seen) = run(req, reply.clone()).await;
+        assert_eq!(status, 200, "{mask}");
+        let (path, req): (_, alloydb::UpdateUserRequest) = sent(&seen);
+        assert_eq!(path, "/google.cloud.alloydb.v1.AlloyDBAdmin/UpdateUser");
+        assert_eq!(req.update_mask.unwrap().paths, want, "{mask}");
+        let sent_user = req.user.unwrap();
+        assert_eq!(sent_user.name, user);
+        assert_eq!(sent_user.database_roles, ["r1"]);
+    }
+    for bad in ["a-b", "9x", "a..b", "a%20b"] {
+        let req = Request::patch(format!("/alloydb/v1/{C}/users/u?updateMask={bad}"))
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, json, _) = run(req, reply.clone()).await;
+        assert_eq!(status, 400, "{bad}: {json}");
+        assert_eq!(
+            json["error"]["details"][0]["fieldViolations"][0]["field"], "updateMask",
+            "{bad}"
+        );
+    }
+}

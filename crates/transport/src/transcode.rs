@@ -529,8 +529,11 @@ fn parse_scalar(field: &FieldDescriptor, raw: &str, shown: &str) -> Result<Value
             Some(v) => Value::EnumNumber(v.number()),
             None => Value::EnumNumber(raw.parse().map_err(|_| bad("enum value"))?),
         },
+        Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask" => {
+            Value::Message(field_mask_from_query(m, raw).ok_or_else(|| bad("FieldMask"))?)
+        }
         Kind::Message(m) => {
-            // Well-known types with a string JSON form (Duration, Timestamp, FieldMask, wrappers).
+            // Well-known types with a string JSON form (Duration, Timestamp, wrappers).
             let name = m.name().to_string();
             let message =
                 DynamicMessage::deserialize(m, serde_json::Value::String(raw.to_string()))
@@ -538,6 +541,44 @@ fn parse_scalar(field: &FieldDescriptor, raw: &str, shown: &str) -> Result<Value
             Value::Message(message)
         }
     })
+}
+
+/// A FieldMask from a URL: comma-separated paths whose names may be lowerCamelCase (the JSON form) or
+/// snake_case (the proto names, which gcloud sends: `updateMask=database_roles`); both mean the same field,
+/// as at Google's front end. Paths are kept in proto (snake_case) form.
+fn field_mask_from_query(desc: MessageDescriptor, raw: &str) -> Option<DynamicMessage> {
+    let mut paths = Vec::new();
+    for path in raw.split(',').filter(|p| !p.is_empty()) {
+        let mut out = String::with_capacity(path.len() + 4);
+        for (i, segment) in path.split('.').enumerate() {
+            let valid = segment
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return None;
+            }
+            if i > 0 {
+                out.push('.');
+            }
+            for c in segment.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                    out.push(c.to_ascii_lowercase());
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+        paths.push(Value::String(out));
+    }
+    let mut mask = DynamicMessage::new(desc);
+    mask.try_set_field_by_name("paths", Value::List(paths))
+        .ok()?;
+    Some(mask)
 }
 
 fn bind(message: &mut DynamicMessage, path: &[String], raw: &str) -> Result<(), Status> {

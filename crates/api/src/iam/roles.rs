@@ -37,6 +37,9 @@ const ROLES: &[(&str, &[&str])] = &[
             "alloydb.instances.connect",
         ],
     ),
+    // Logging in to a database as an IAM database user (with `alloydb.instances.connect` of
+    // roles/alloydb.client at the instance endpoint).
+    ("roles/alloydb.databaseUser", &["alloydb.users.login"]),
     ("roles/alloydb.viewer", &["alloydb.*.get", "alloydb.*.list"]),
     ("roles/edgecontainer.admin", &["edgecontainer.*"]),
     // Offline kubectl access to clusters, and nothing else: what `get-credentials --offline-credential` needs.
@@ -144,6 +147,35 @@ mod tests {
             "alloydb.clusters.generateClientCertificate"
         ));
         assert!(grants("roles/alloydb.admin", "alloydb.instances.delete"));
+        for p in [
+            "alloydb.users.list",
+            "alloydb.users.get",
+            "alloydb.users.create",
+            "alloydb.users.update",
+            "alloydb.users.delete",
+            "alloydb.users.login",
+        ] {
+            assert!(grants("roles/alloydb.admin", p), "{p}");
+        }
+        assert!(grants("roles/alloydb.viewer", "alloydb.users.list"));
+        assert!(grants("roles/alloydb.viewer", "alloydb.users.get"));
+        for p in [
+            "alloydb.users.create",
+            "alloydb.users.update",
+            "alloydb.users.delete",
+            "alloydb.users.login",
+        ] {
+            assert!(!grants("roles/alloydb.viewer", p), "{p}");
+        }
+        // IAM database authentication: login from databaseUser, connect from client, neither from the other.
+        assert!(grants("roles/alloydb.databaseUser", "alloydb.users.login"));
+        assert!(!grants(
+            "roles/alloydb.databaseUser",
+            "alloydb.instances.connect"
+        ));
+        assert!(!grants("roles/alloydb.databaseUser", "alloydb.users.get"));
+        assert!(grants("roles/alloydb.client", "alloydb.instances.connect"));
+        assert!(!grants("roles/alloydb.client", "alloydb.users.login"));
         assert!(!grants("roles/alloydb.admin", "alloydbx.clusters.get"));
         assert!(!grants("roles/alloydb.admin", "edgecontainer.clusters.get"));
         assert!(grants(ADMIN_ROLE, "resourcemanager.projects.setIamPolicy"));

@@ -248,50 +248,11 @@ pub async fn backend_ca(ctx: &Ctx) -> anyhow::Result<Arc<clustercred_api::contex
         .ok_or_else(|| anyhow::anyhow!("the backend client CA vanished"))
 }
 
-/// The PostgreSQL user an IAM principal logs in as (Google's rule): a service account by its email without
-/// `.gserviceaccount.com` (`NAME@PROJECT.iam`), a user by its id (email).
-pub fn iam_database_user(principal: &clustercred_api::Principal) -> Option<String> {
-    match &principal.kind {
-        clustercred_api::PrincipalKind::ServiceAccount { .. } => Some(
-            principal
-                .id
-                .strip_suffix(".gserviceaccount.com")
-                .unwrap_or(&principal.id)
-                .to_string(),
-        ),
-        clustercred_api::PrincipalKind::User => Some(principal.id.clone()),
-        _ => None,
-    }
-}
-
-/// The one field of an AlloyDB `User` record the endpoint needs (field 5, `user_type`).
-#[derive(Clone, PartialEq, prost::Message)]
-struct UserType {
-    #[prost(int32, tag = "5")]
-    user_type: i32,
-}
-const ALLOYDB_IAM_USER: i32 = 2;
-const USER_KIND: &str = "alloydb.User";
-
 /// Admits client certificates by their issuance records, read from the database on every connection so a
 /// revocation holds at once on every replica.
 struct Gate {
     ctx: Arc<Ctx>,
     backends: Backends,
-}
-
-impl Gate {
-    async fn iam_user_exists(&self, cluster: &str, user: &str) -> Result<bool, String> {
-        let record = self
-            .ctx
-            .store
-            .get_resource(USER_KIND, &format!("{cluster}/users/{user}"))
-            .await
-            .map_err(|e| format!("looking up database user {user}: {e}"))?;
-        Ok(record
-            .and_then(|r| UserType::decode(r.data.as_slice()).ok())
-            .is_some_and(|u| u.user_type == ALLOYDB_IAM_USER))
-    }
 }
 
 #[async_trait]
@@ -331,33 +292,11 @@ impl Gatekeeper for Gate {
         _admission: &Admission,
         token: &str,
     ) -> Result<IamLogin, String> {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the OAuth2 token is not a valid header value".to_string())?;
-        metadata.insert("authorization", value);
-        let principal = self
-            .ctx
-            .access
-            .authenticate(&metadata)
-            .await
-            .map_err(|s| format!("the OAuth2 token is not valid: {}", s.message()))?;
-        for permission in ["alloydb.instances.connect", "alloydb.users.login"] {
-            self.ctx
-                .access
-                .authorize(&principal, permission, &instance.name)
+        let login =
+            clustercred_api::alloydb::authorize_iam_login(&self.ctx, token, &instance.name, None)
                 .await
                 .map_err(|s| s.message().to_string())?;
-        }
-        let user = iam_database_user(&principal)
-            .ok_or_else(|| format!("{} cannot have an IAM database user", principal.member()))?;
-        if !self.iam_user_exists(&instance.cluster, &user).await? {
-            return Err(format!(
-                "{} has no IAM database user {user:?} in {} (gcloud alloydb users create --type IAM_BASED)",
-                principal.member(),
-                instance.cluster
-            ));
-        }
+        let user = login.role;
         let backend = self
             .backends
             .for_instance(&instance.name)
@@ -378,16 +317,17 @@ impl Gatekeeper for Gate {
             .map_err(|e| e.to_string())?;
         let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
         Ok(IamLogin {
-            principal: principal.member(),
+            principal: login.principal.member(),
             database_user: user,
             backend_tls: backend.client_tls(&chain, &key.private_key_pem)?,
         })
     }
 
     async fn is_iam_user(&self, instance: &InstanceInfo, user: &str) -> bool {
-        self.iam_user_exists(&instance.cluster, user)
-            .await
-            .unwrap_or(false)
+        matches!(
+            clustercred_api::alloydb::iam_database_user(&self.ctx, &instance.cluster, user).await,
+            Ok(Some(_))
+        )
     }
 
     async fn closed(&self, instance: &InstanceInfo, s: ConnectionSummary) {
