@@ -52,6 +52,14 @@ impl PgCluster {
         assert!(out.status.success(), "pg_ctl start: {out:?}");
     }
 
+    /// Re-reads the configuration and the TLS files (SIGHUP).
+    pub fn reload(&self) {
+        let out = self.run("pg_ctl", &["-D", &self.data(), "reload"]);
+        assert!(out.status.success(), "pg_ctl reload: {out:?}");
+        // The postmaster applies a reload asynchronously.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
     pub fn stop(&self) {
         let out = self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
         assert!(out.status.success(), "pg_ctl stop: {out:?}");
