@@ -3,6 +3,7 @@ starts): the AlloyDB Python connector's quick-start code, with only the admin en
 changed, then a few queries. Prints what the database answered, as JSON.
 
 usage: connector_session.py ENDPOINT TOKEN INSTANCE_URI DRIVER USER PASSWORD DB IAM(0|1) TABLE
+TOKEN "adc" means Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS), as the quick start has it.
 """
 
 import asyncio
@@ -23,6 +24,10 @@ class Credentials(StaticTokenCredentials):
         self.expiry = datetime.datetime.utcnow() + datetime.timedelta(hours=1)
 
 
+def credentials(token):
+    return None if token == "adc" else Credentials(token)
+
+
 def queries(run, table):
     run(f'CREATE TABLE IF NOT EXISTS "{table}" (id int PRIMARY KEY, note text)')
     run(f'INSERT INTO "{table}" VALUES (1, \'one\'), (2, \'two\')')
@@ -33,7 +38,7 @@ def queries(run, table):
 
 
 def with_pg8000(endpoint, token, uri, user, password, db, iam, table):
-    connector = Connector(alloydb_api_endpoint=endpoint, credentials=Credentials(token),
+    connector = Connector(alloydb_api_endpoint=endpoint, credentials=credentials(token),
                           enable_iam_auth=iam)
     try:
         conn = connector.connect(uri, "pg8000", user=user, password=password or None, db=db)
@@ -55,7 +60,7 @@ def with_pg8000(endpoint, token, uri, user, password, db, iam, table):
 
 
 async def with_asyncpg(endpoint, token, uri, user, password, db, iam, table):
-    async with AsyncConnector(alloydb_api_endpoint=endpoint, credentials=Credentials(token),
+    async with AsyncConnector(alloydb_api_endpoint=endpoint, credentials=credentials(token),
                               enable_iam_auth=iam) as connector:
         conn = await connector.connect(uri, "asyncpg", user=user, password=password, db=db)
         results = []
