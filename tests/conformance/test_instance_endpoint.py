@@ -44,7 +44,21 @@ def instance(start_server, tmp_path):
     s.ca = ca
     s.instance_uri = f"{parent}/clusters/ep/instances/primary"
     s.ip = r.json()["response"]["ipAddress"]
+    wait_for_endpoint(s.ip)
     return s
+
+
+def wait_for_endpoint(ip):
+    """Endpoints follow new instances within a second; a test dials straight after the create."""
+    import socket
+
+    for _ in range(100):
+        try:
+            socket.create_connection((ip, 5433), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"no endpoint on {ip}:5433")
 
 
 def session(s, driver, user, password="", iam=False, token=None):
@@ -147,3 +161,68 @@ def test_connector_auto_iam_logs_in_as_the_service_account(iam_instance, driver)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout) == {"rows": [[1, "one"], [2, "two"]], "current_user": s.db_user}
+
+
+def test_go_connector_refresh_replayed_then_dial(instance):
+    """The Go connector's refresh as it makes it (v1alpha REST under the admin URL's path prefix, GAPIC's
+    `$alt=json;enum-encoding=int`, a PKCS#1 RSA-2048 key, connectionInfo and generateClientCertificate at
+    once), then its dial: TLS 1.3 to the address, trusting only caCert with the IP as server name, the
+    metadata exchange (on by default), and a query."""
+    import concurrent.futures
+    import socket
+    import ssl
+    import struct
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    s = instance
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pkcs1 = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1).decode()
+    assert pkcs1.startswith("-----BEGIN RSA PUBLIC KEY-----")
+    headers = {"Authorization": f"Bearer {s.token}", "Content-Type": "application/json",
+               "x-goog-api-client": "gl-go/1.24 gapic/1.0 gax/2.14 rest/UNKNOWN"}
+    cluster = s.instance_uri.rsplit("/instances/", 1)[0]
+    query = "?%24alt=json%3Benum-encoding%3Dint"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        info_f = pool.submit(requests.get, f"{s.url}/alloydb/v1alpha/{s.instance_uri}/connectionInfo{query}",
+                             headers=headers, verify=s.ca, timeout=30)
+        cert_f = pool.submit(requests.post, f"{s.url}/alloydb/v1alpha/{cluster}:generateClientCertificate{query}",
+                             json={"publicKey": pkcs1, "certDuration": "3600s", "useMetadataExchange": True},
+                             headers=headers, verify=s.ca, timeout=30)
+        info, cert = info_f.result(), cert_f.result()
+    assert info.status_code == 200, info.text
+    assert cert.status_code == 200, cert.text
+    ip = info.json()["ipAddress"]
+    chain = cert.json()["pemCertificateChain"]
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cadata=cert.json()["caCert"])
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as bundle:
+        bundle.write("".join(chain) + key_pem.decode())
+        bundle.flush()
+        ctx.load_cert_chain(bundle.name)
+    with socket.create_connection((ip, 5433), timeout=30) as raw, ctx.wrap_socket(raw, server_hostname=ip) as tls:
+        assert tls.version() == "TLSv1.3"
+        # MetadataExchangeRequest{user_agent: "alloydb-go-connector/replay", auth_type: DB_NATIVE}
+        agent = b"alloydb-go-connector/replay"
+        body = bytes([0x0A, len(agent)]) + agent + bytes([0x10, 0x01])
+        tls.sendall(struct.pack(">I", len(body)) + body)
+        assert tls.recv(6) == b"\x00\x00\x00\x02\x08\x01"
+        params = b"user\x00postgres\x00database\x00" + backend_db().encode() + b"\x00\x00"
+        tls.sendall(struct.pack(">II", len(params) + 8, 196608) + params)
+        sql = b"SELECT 6 * 7\x00"
+        got = b""
+        while b"Z\x00\x00\x00\x05I" not in got:  # ReadyForQuery after the login
+            got += tls.recv(65536)
+        assert got.startswith(b"R\x00\x00\x00\x08\x00\x00\x00\x00"), got[:20]  # AuthenticationOk
+        tls.sendall(b"Q" + struct.pack(">I", len(sql) + 4) + sql)
+        answer = b""
+        while b"Z\x00\x00\x00\x05" not in answer:
+            answer += tls.recv(65536)
+        assert b"D\x00\x00\x00\x0c\x00\x01\x00\x00\x00\x0242" in answer, answer
+        tls.sendall(b"X\x00\x00\x00\x04")
