@@ -45,6 +45,7 @@ pub struct Server {
     limits: ConnectionLimits,
     store: Arc<dyn Store>,
     ctx: Arc<Ctx>,
+    issuance_retention: Option<time::Duration>,
 }
 
 /// The REST mounts: each API under its prefix, recognised by Host too.
@@ -278,33 +279,32 @@ impl Server {
             limits: config.connection_limits(),
             store,
             ctx,
+            issuance_retention: config.issuance_retention(),
         })
     }
 
     /// Serves until `shutdown` resolves.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let ctx = self.ctx.clone();
+        let retention = self.issuance_retention;
         let purge = tokio::spawn(async move {
-            // Every ten minutes, in batches with a pause between them, so a backlog never holds the writer.
+            // Every ten minutes: request ids past their retention, then issuance and token records expired
+            // longer than theirs.
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 tick.tick().await;
-                let before = (ctx.now() - ctx.settings.idempotency_retention).unix_timestamp();
-                loop {
-                    match ctx
-                        .store
-                        .purge_idempotency(before, clustercred_api::context::PURGE_BATCH)
-                        .await
-                    {
-                        Ok(n) if n >= u64::from(clustercred_api::context::PURGE_BATCH) => {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "purging old request ids failed");
-                            break;
-                        }
-                    }
+                let now = ctx.now();
+                let before = (now - ctx.settings.idempotency_retention).unix_timestamp();
+                purge_in_batches("old request ids", |limit| {
+                    ctx.store.purge_idempotency(before, limit)
+                })
+                .await;
+                if let Some(retention) = retention {
+                    let expired_before = (now - retention).unix_timestamp();
+                    purge_in_batches("expired issuance records", |limit| {
+                        ctx.store.purge_expired_issuances(expired_before, limit)
+                    })
+                    .await;
                 }
             }
         });
@@ -341,6 +341,35 @@ impl Server {
         anchor_head(&self.ctx, &anchor).await;
         self.store.close().await;
         result.context("serving")
+    }
+}
+
+/// Runs `batch` (one short transaction deleting at most `limit` rows, oldest first) until a batch comes back
+/// short, with a pause between batches, so a backlog never holds the writer for long.
+async fn purge_in_batches<F, Fut>(what: &str, mut batch: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = clustercred_store::Result<u64>>,
+{
+    let limit = clustercred_api::context::PURGE_BATCH;
+    let mut total = 0u64;
+    loop {
+        match batch(limit).await {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(limit) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging {what} failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "purged {what}");
     }
 }
 
