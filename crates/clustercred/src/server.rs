@@ -21,6 +21,7 @@ use clustercred_api::iam::projects::ProjectsService;
 use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::methods::MethodTable;
 use clustercred_api::operations::OperationsService;
+use clustercred_api::signing::SigningKeys;
 use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
 use clustercred_store::{CachedStore, Store};
 use clustercred_transport::{ApiMount, RestGateway};
@@ -46,6 +47,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     ctx: Arc<Ctx>,
     issuance_retention: Option<time::Duration>,
+    /// How often the token-signing key set is re-read (the cache staleness bound).
+    key_refresh: std::time::Duration,
 }
 
 /// The REST mounts: each API under its prefix, recognised by Host too.
@@ -87,8 +90,9 @@ impl Server {
             &config.data_dir,
             config.master_key_file.as_deref(),
         )?);
-        let keys = bootstrap::signing_keys(store.as_ref(), &master, now).await?;
-        let signer = keys[0].clone();
+        let signing = Arc::new(SigningKeys::new(
+            bootstrap::signing_keys(store.as_ref(), &master, now).await?,
+        ));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -122,7 +126,7 @@ impl Server {
         ));
         let mut access = IamAccess::new(
             dyn_store.clone(),
-            keys.clone(),
+            signing.clone(),
             clock.clone(),
             settings.token_issuer.clone(),
             settings.token_leeway,
@@ -146,7 +150,7 @@ impl Server {
             dyn_store,
             clock,
             settings,
-            signer.clone(),
+            signing.clone(),
             access,
             master,
         ));
@@ -211,10 +215,6 @@ impl Server {
             .context("reading the HTTP rules")?;
 
         let openapi = gateway.openapi_document("clustercred", env!("CARGO_PKG_VERSION"));
-        // Every key whose tokens are accepted, so relying parties verify tokens signed before a rotation.
-        let jwks = clustercred_authority::jwks_document(
-            &keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
-        );
         let discovery = serde_json::json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
@@ -228,9 +228,12 @@ impl Server {
                 "/.well-known/openid-configuration",
                 get(move || async move { Json(discovery) }),
             )
+            // Every key whose tokens are accepted, so relying parties verify tokens signed before a rotation.
             .route(
                 "/.well-known/jwks.json",
-                get(move || async move { Json(jwks) }),
+                get(|State(ctx): State<Arc<Ctx>>| async move {
+                    Json(ctx.signing.current().jwks().clone())
+                }),
             )
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", {
@@ -280,6 +283,7 @@ impl Server {
             store,
             ctx,
             issuance_retention: config.issuance_retention(),
+            key_refresh: std::time::Duration::from_millis(config.cache_staleness_ms.max(1)),
         })
     }
 
@@ -332,8 +336,42 @@ impl Server {
                 anchor_head(&ctx, &head).await;
             }
         });
+        // A key rotation made elsewhere (the CLI, another replica) is picked up within the cache staleness
+        // bound, and a replaced key leaves the set when its overlap ends, without a restart. One small query
+        // per interval.
+        let (ctx, every) = (self.ctx.clone(), self.key_refresh);
+        let key_reload = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            // Logged when it starts failing and when it recovers, not at every interval of an outage.
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let now = ctx.now().unix_timestamp();
+                let reloaded = bootstrap::reload_signing_keys(
+                    ctx.store.as_ref(),
+                    &ctx.master,
+                    &ctx.signing,
+                    now,
+                )
+                .await;
+                match reloaded {
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("re-reading the token-signing keys works again");
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "re-reading the token-signing keys failed; keeping the current set");
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        });
         let result =
             listener::serve(self.listener, self.app, self.tls, self.limits, shutdown).await;
+        key_reload.abort();
         purge.abort();
         refusals.abort();
         anchoring.abort();
