@@ -257,6 +257,8 @@ async fn a_lock_wait_ends_at_the_store_timeout() {
     let mut config = replica_config(&db, dir.path(), &key);
     config.store_timeout_secs = 1;
     let s = TestServer::start_with(config).await;
+    // Serving, with its first-start writes done, before the lock is taken.
+    assert_eq!(readyz(&s).await.0, 200);
 
     let mut other = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     let mut tx = other.begin().await.unwrap();
