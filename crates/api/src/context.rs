@@ -260,7 +260,8 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
-    pub signer: Arc<TokenSigner>,
+    /// The token-signing keys; a rotation replaces them while the server runs.
+    pub signing: Arc<crate::signing::SigningKeys>,
     pub access: Arc<dyn AccessControl>,
     /// Seals the private keys the store keeps.
     pub master: Arc<MasterKey>,
@@ -279,7 +280,7 @@ impl Ctx {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         settings: Settings,
-        signer: Arc<TokenSigner>,
+        signing: Arc<crate::signing::SigningKeys>,
         access: Arc<dyn AccessControl>,
         master: Arc<MasterKey>,
     ) -> Self {
@@ -289,7 +290,7 @@ impl Ctx {
             store,
             clock,
             settings,
-            signer,
+            signing,
             access,
             master,
             cas: RwLock::new(HashMap::new()),
@@ -298,6 +299,11 @@ impl Ctx {
 
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// The key new tokens are signed with: the newest of the current set.
+    pub fn signer(&self) -> Arc<TokenSigner> {
+        self.signing.current().signer().clone()
     }
 
     /// The caller the gate authenticated and authorized for this request (see `crate::gate`). A request that

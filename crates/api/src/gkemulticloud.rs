@@ -420,7 +420,7 @@ impl AttachedClusters for AttachedClustersService {
         extra.insert("agent_version".into(), req.version.clone().into());
         let minted = self
             .ctx
-            .signer
+            .signer()
             .mint(
                 &MintRequest {
                     kind: clustercred_authority::TokenKind::Agent,

@@ -15,6 +15,7 @@ pub mod methods;
 pub mod names;
 pub mod operations;
 pub mod refusals;
+pub mod signing;
 
 pub use context::{
     AccessControl, Caller, ClientAddress, Clock, Ctx, Principal, PrincipalKind, RequestMeta,

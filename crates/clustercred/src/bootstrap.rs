@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clustercred_api::context::signing_key_context;
+use clustercred_api::signing::{KeySet, SigningKeys};
 use clustercred_authority::{MasterKey, TokenSigner};
 use clustercred_store::{AuditKeyRecord, AuditSigner, PrincipalRecord, SigningKeyRecord, Store};
 use sha2::{Digest, Sha256};
@@ -275,23 +276,67 @@ pub async fn signing_key(
 /// clock skew.
 pub const SIGNING_KEY_OVERLAP_SECS: i64 = 3600 + 300;
 
-/// The token-signing keys in use, the current (newest) one first: every stored key but those replaced more
-/// than [`SIGNING_KEY_OVERLAP_SECS`] ago, so a token signed before a rotation keeps working until it expires.
-/// Generates the first key on first start.
-pub async fn signing_keys(
-    store: &dyn Store,
-    master: &MasterKey,
-    now_unix: i64,
-) -> Result<Vec<std::sync::Arc<TokenSigner>>> {
+/// The token-signing key set in use: the newest stored key signs, and every key replaced less than
+/// [`SIGNING_KEY_OVERLAP_SECS`] ago still verifies, so a token signed before a rotation keeps working until it
+/// expires. Generates the first key on first start.
+pub async fn signing_keys(store: &dyn Store, master: &MasterKey, now_unix: i64) -> Result<KeySet> {
     let current = signing_key(store, master, now_unix).await?;
     let records = store.signing_keys().await?;
-    let mut keys = vec![std::sync::Arc::new(current)];
+    let known = [std::sync::Arc::new(current)];
+    key_set(&records, now_unix, master, &known)
+}
+
+/// Re-reads the stored keys and replaces `keys` when the set in use has changed: a rotation made by the CLI
+/// or another replica, or a replaced key whose overlap ended. Keys already open are reused, not unsealed
+/// again. Answers whether the set changed; on an error the set in use stays.
+pub async fn reload_signing_keys(
+    store: &dyn Store,
+    master: &MasterKey,
+    keys: &SigningKeys,
+    now_unix: i64,
+) -> Result<bool> {
+    let records = store.signing_keys().await?;
+    let current = keys.current();
+    let wanted: Vec<&str> = in_use(&records, now_unix)
+        .iter()
+        .map(|r| r.kid.as_str())
+        .collect();
+    if wanted.is_empty() || wanted == current.kids() {
+        return Ok(false);
+    }
+    let set = key_set(&records, now_unix, master, current.keys())?;
+    tracing::info!(kid = %set.signer().kid(), keys = set.keys().len(), "the token-signing key set changed");
+    keys.replace(set);
+    Ok(true)
+}
+
+/// The records of the keys in use, newest first: the newest, and each older one whose successor was created
+/// less than [`SIGNING_KEY_OVERLAP_SECS`] ago.
+fn in_use(records: &[SigningKeyRecord], now_unix: i64) -> Vec<&SigningKeyRecord> {
+    let mut keys: Vec<&SigningKeyRecord> = records.iter().take(1).collect();
     for pair in records.windows(2) {
         let (successor, record) = (&pair[0], &pair[1]);
         if successor.create_time_unix + SIGNING_KEY_OVERLAP_SECS < now_unix {
             break;
         }
-        if keys.iter().any(|k| k.kid() == record.kid) {
+        if !keys.iter().any(|k| k.kid == record.kid) {
+            keys.push(record);
+        }
+    }
+    keys
+}
+
+/// The key set of `records` in use at `now_unix`, reusing the keys of `known` by id.
+fn key_set(
+    records: &[SigningKeyRecord],
+    now_unix: i64,
+    master: &MasterKey,
+    known: &[std::sync::Arc<TokenSigner>],
+) -> Result<KeySet> {
+    let mut keys = Vec::new();
+    for record in in_use(records, now_unix) {
+        if let Some(key) = known.iter().find(|k| k.kid() == record.kid) {
+            keys.push(key.clone());
             continue;
         }
         let der = master
@@ -301,7 +346,9 @@ pub async fn signing_keys(
             TokenSigner::from_pkcs8(&der).context("loading a token-signing key")?,
         ));
     }
-    Ok(keys)
+    let mut keys = keys.into_iter();
+    let current = keys.next().context("no token-signing key is stored")?;
+    Ok(KeySet::new(current, keys.collect()))
 }
 
 pub const MASTER_KEY_FILE: &str = "master.key";

@@ -458,8 +458,9 @@ pub async fn iam(command: IamCommand) -> Result<()> {
                 &dir.data_dir,
                 master_key_file.as_deref(),
             )?);
-            let keys = bootstrap::signing_keys(store.as_ref(), &master, now).await?;
-            let signer = keys[0].clone();
+            let signing = Arc::new(clustercred_api::signing::SigningKeys::new(
+                bootstrap::signing_keys(store.as_ref(), &master, now).await?,
+            ));
             let dyn_store: Arc<dyn Store> = store.clone();
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let settings = Settings {
@@ -468,12 +469,14 @@ pub async fn iam(command: IamCommand) -> Result<()> {
             };
             let access = Arc::new(clustercred_api::iam::access::IamAccess::new(
                 dyn_store.clone(),
-                keys,
+                signing.clone(),
                 clock.clone(),
                 settings.token_issuer.clone(),
                 settings.token_leeway,
             ));
-            let ctx = Arc::new(Ctx::new(dyn_store, clock, settings, signer, access, master));
+            let ctx = Arc::new(Ctx::new(
+                dyn_store, clock, settings, signing, access, master,
+            ));
             let caller = Caller {
                 principal: Principal {
                     id: operator(),
@@ -554,8 +557,8 @@ pub enum KeysCommand {
         #[arg(long)]
         new_master_key_file: PathBuf,
     },
-    /// Add a new token-signing key. Servers sign with it from their next start (restart replicas one by one);
-    /// tokens signed with the key it replaces keep verifying for an hour and five minutes after this.
+    /// Add a new token-signing key. Running servers sign with it within their cache staleness bound, without a
+    /// restart; tokens signed with the key it replaces keep verifying for an hour and five minutes after this.
     RotateSigning {
         #[command(flatten)]
         dir: DataDir,
@@ -598,7 +601,8 @@ async fn rotate_signing(dir: DataDir, master_key_file: Option<PathBuf>) -> Resul
         ))
         .await?;
     println!(
-        "added token-signing key {}; servers sign with it from their next start",
+        "added token-signing key {}; running servers sign with it within their cache staleness bound \
+         (--cache-staleness-ms)",
         signer.kid()
     );
     store.close().await;

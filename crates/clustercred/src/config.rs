@@ -50,6 +50,15 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub store_timeout_secs: u64,
 
+    /// Days issuance and token records are kept after their certificate or token expired; older ones are
+    /// deleted by the background purge. 0 keeps them forever. (The audit log is never pruned.)
+    #[arg(
+        long = "issuance-retention-days",
+        env = "CLUSTERCRED_ISSUANCE_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub issuance_retention_days: u32,
+
     /// Public base URL of this server: the `iss` of minted tokens and the base of
     /// /.well-known/openid-configuration. Default: http://<listen address>.
     #[arg(long, env = "CLUSTERCRED_ISSUER_URL")]
@@ -260,6 +269,7 @@ impl ServeConfig {
             data_dir,
             database: None,
             store_timeout_secs: 5,
+            issuance_retention_days: 30,
             issuer_url: None,
             master_key_file: None,
             tls_cert: None,
@@ -332,6 +342,12 @@ impl ServeConfig {
 
     pub fn store_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.store_timeout_secs.max(1))
+    }
+
+    /// How long after expiry issuance and token records are kept; `None`: forever.
+    pub fn issuance_retention(&self) -> Option<time::Duration> {
+        (self.issuance_retention_days > 0)
+            .then(|| time::Duration::days(i64::from(self.issuance_retention_days)))
     }
 
     pub fn tls_enabled(&self) -> bool {

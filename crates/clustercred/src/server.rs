@@ -21,6 +21,7 @@ use clustercred_api::iam::projects::ProjectsService;
 use clustercred_api::iam::service_accounts::IamService;
 use clustercred_api::methods::MethodTable;
 use clustercred_api::operations::OperationsService;
+use clustercred_api::signing::SigningKeys;
 use clustercred_api::{ClientAddress, Clock, Ctx, RequestMeta, SystemClock};
 use clustercred_store::{CachedStore, Store};
 use clustercred_transport::{ApiMount, RestGateway};
@@ -47,6 +48,9 @@ pub struct Server {
     store: Arc<dyn Store>,
     ctx: Arc<Ctx>,
     endpoints: instances::EndpointOptions,
+    issuance_retention: Option<time::Duration>,
+    /// How often the token-signing key set is re-read (the cache staleness bound).
+    key_refresh: std::time::Duration,
 }
 
 /// The REST mounts: each API under its prefix, recognised by Host too.
@@ -91,8 +95,9 @@ impl Server {
             &config.data_dir,
             config.master_key_file.as_deref(),
         )?);
-        let keys = bootstrap::signing_keys(store.as_ref(), &master, now).await?;
-        let signer = keys[0].clone();
+        let signing = Arc::new(SigningKeys::new(
+            bootstrap::signing_keys(store.as_ref(), &master, now).await?,
+        ));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -126,7 +131,7 @@ impl Server {
         ));
         let mut access = IamAccess::new(
             dyn_store.clone(),
-            keys.clone(),
+            signing.clone(),
             clock.clone(),
             settings.token_issuer.clone(),
             settings.token_leeway,
@@ -150,7 +155,7 @@ impl Server {
             dyn_store,
             clock,
             settings,
-            signer.clone(),
+            signing.clone(),
             access,
             master,
         ));
@@ -218,10 +223,6 @@ impl Server {
             .context("reading the HTTP rules")?;
 
         let openapi = gateway.openapi_document("clustercred", env!("CARGO_PKG_VERSION"));
-        // Every key whose tokens are accepted, so relying parties verify tokens signed before a rotation.
-        let jwks = clustercred_authority::jwks_document(
-            &keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
-        );
         let discovery = serde_json::json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
@@ -235,9 +236,12 @@ impl Server {
                 "/.well-known/openid-configuration",
                 get(move || async move { Json(discovery) }),
             )
+            // Every key whose tokens are accepted, so relying parties verify tokens signed before a rotation.
             .route(
                 "/.well-known/jwks.json",
-                get(move || async move { Json(jwks) }),
+                get(|State(ctx): State<Arc<Ctx>>| async move {
+                    Json(ctx.signing.current().jwks().clone())
+                }),
             )
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", {
@@ -292,33 +296,33 @@ impl Server {
                 max_connections: config.alloydb_max_connections,
                 port: config.alloydb_instance_port,
             },
+            issuance_retention: config.issuance_retention(),
+            key_refresh: std::time::Duration::from_millis(config.cache_staleness_ms.max(1)),
         })
     }
 
     /// Serves until `shutdown` resolves.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let ctx = self.ctx.clone();
+        let retention = self.issuance_retention;
         let purge = tokio::spawn(async move {
-            // Every ten minutes, in batches with a pause between them, so a backlog never holds the writer.
+            // Every ten minutes: request ids past their retention, then issuance and token records expired
+            // longer than theirs.
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 tick.tick().await;
-                let before = (ctx.now() - ctx.settings.idempotency_retention).unix_timestamp();
-                loop {
-                    match ctx
-                        .store
-                        .purge_idempotency(before, clustercred_api::context::PURGE_BATCH)
-                        .await
-                    {
-                        Ok(n) if n >= u64::from(clustercred_api::context::PURGE_BATCH) => {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "purging old request ids failed");
-                            break;
-                        }
-                    }
+                let now = ctx.now();
+                let before = (now - ctx.settings.idempotency_retention).unix_timestamp();
+                purge_in_batches("old request ids", |limit| {
+                    ctx.store.purge_idempotency(before, limit)
+                })
+                .await;
+                if let Some(retention) = retention {
+                    let expired_before = (now - retention).unix_timestamp();
+                    purge_in_batches("expired issuance records", |limit| {
+                        ctx.store.purge_expired_issuances(expired_before, limit)
+                    })
+                    .await;
                 }
             }
         });
@@ -346,12 +350,46 @@ impl Server {
                 anchor_head(&ctx, &head).await;
             }
         });
+        // A key rotation made elsewhere (the CLI, another replica) is picked up within the cache staleness
+        // bound, and a replaced key leaves the set when its overlap ends, without a restart. One small query
+        // per interval.
+        let (ctx, every) = (self.ctx.clone(), self.key_refresh);
+        let key_reload = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            // Logged when it starts failing and when it recovers, not at every interval of an outage.
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let now = ctx.now().unix_timestamp();
+                let reloaded = bootstrap::reload_signing_keys(
+                    ctx.store.as_ref(),
+                    &ctx.master,
+                    &ctx.signing,
+                    now,
+                )
+                .await;
+                match reloaded {
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("re-reading the token-signing keys works again");
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "re-reading the token-signing keys failed; keeping the current set");
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        });
         let (stop_endpoints, stopped) = tokio::sync::watch::channel(false);
         let endpoints = tokio::spawn(instances::run(self.ctx.clone(), self.endpoints, stopped));
         let result =
             listener::serve(self.listener, self.app, self.tls, self.limits, shutdown).await;
         let _ = stop_endpoints.send(true);
         let _ = endpoints.await;
+        key_reload.abort();
         purge.abort();
         refusals.abort();
         anchoring.abort();
@@ -359,6 +397,35 @@ impl Server {
         anchor_head(&self.ctx, &anchor).await;
         self.store.close().await;
         result.context("serving")
+    }
+}
+
+/// Runs `batch` (one short transaction deleting at most `limit` rows, oldest first) until a batch comes back
+/// short, with a pause between batches, so a backlog never holds the writer for long.
+async fn purge_in_batches<F, Fut>(what: &str, mut batch: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = clustercred_store::Result<u64>>,
+{
+    let limit = clustercred_api::context::PURGE_BATCH;
+    let mut total = 0u64;
+    loop {
+        match batch(limit).await {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(limit) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging {what} failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "purged {what}");
     }
 }
 

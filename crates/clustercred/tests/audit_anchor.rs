@@ -362,3 +362,111 @@ async fn verify_anchors_what_it_verified_and_the_server_keeps_one_audit_key() {
     assert_eq!(store.audit_keys().await.unwrap().len(), 1);
     store.close().await;
 }
+
+/// Issuance and token records of credentials expired longer than `--issuance-retention-days` are purged by
+/// the running server; younger and still valid ones stay, with 0 nothing goes, and the audit log is never
+/// pruned (it still verifies from its first event).
+#[tokio::test]
+async fn expired_issuance_records_go_after_their_retention_and_the_audit_log_stays() {
+    let (_dir, data_dir) = anchored_log().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = 86_400;
+    let store = SqliteStore::open(&data_dir.join("clustercred.db"))
+        .await
+        .unwrap();
+    let owner = clustercred_store::ca_owner("alloydb.Cluster", &format!("{LOC}/clusters/db"));
+    let valid = store.list_issuances(&owner).await.unwrap();
+    assert_eq!(valid.len(), 3, "the certificates the server issued");
+    for (serial, expired_days_ago) in [("old", 31), ("older", 400), ("young", 29)] {
+        let record = clustercred_store::IssuanceRecord {
+            serial_hex: serial.into(),
+            not_after_unix: now - expired_days_ago * day,
+            not_before_unix: now - expired_days_ago * day - 3600,
+            create_time_unix: now - expired_days_ago * day - 3600,
+            ..valid[0].clone()
+        };
+        store.record_issuance(&record, None, None).await.unwrap();
+        let token = clustercred_store::TokenRecord {
+            token_id: serial.into(),
+            owner: owner.clone(),
+            subject: "agent".into(),
+            expires_unix: now - expired_days_ago * day,
+            create_time_unix: now - expired_days_ago * day - 3600,
+        };
+        store.record_token(&token, None).await.unwrap();
+    }
+    let events = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .unwrap()
+        .len();
+    store.close().await;
+    let serials = || async {
+        let store = SqliteStore::open(&data_dir.join("clustercred.db"))
+            .await
+            .unwrap();
+        let mut serials: Vec<String> = store
+            .list_issuances(&owner)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.serial_hex)
+            .filter(|s| ["old", "older", "young"].contains(&s.as_str()))
+            .collect();
+        serials.sort();
+        store.close().await;
+        let db = pool(&data_dir).await;
+        let mut tokens: Vec<String> = sqlx::query_scalar("SELECT token_id FROM tokens")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        tokens.sort();
+        db.close().await;
+        (serials, tokens)
+    };
+
+    // Retention 0: kept forever (the purge runs as the server starts; give it time to act).
+    let mut config = clustercred::ServeConfig::for_data_dir(data_dir.clone());
+    config.issuance_retention_days = 0;
+    let s = TestServer::start_with(config).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.stop().await;
+    let everything = vec!["old".to_string(), "older".into(), "young".into()];
+    assert_eq!(serials().await, (everything.clone(), everything));
+
+    // The default, 30 days: what expired 31 and 400 days ago goes, what expired 29 days ago stays.
+    let s = TestServer::start_in(data_dir.clone()).await;
+    let young = vec!["young".to_string()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while serials().await != (young.clone(), young.clone()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not purged: {:?}",
+            serials().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    s.stop().await;
+    let store = SqliteStore::open(&data_dir.join("clustercred.db"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_issuances(&owner).await.unwrap().len(),
+        4,
+        "the three valid certificates and the young record"
+    );
+    assert!(
+        store
+            .list_audit(&AuditFilter::default())
+            .await
+            .unwrap()
+            .len()
+            >= events
+    );
+    store.close().await;
+    let out = verify(&data_dir, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -137,6 +137,8 @@ async fn a_locked_database_answers_unavailable_after_the_store_timeout() {
     let mut config = clustercred::ServeConfig::for_data_dir(dir.path().join("data"));
     config.store_timeout_secs = 1;
     let s = TestServer::start_with(config).await;
+    // Serving, with its first-start writes (the audit key) done, before the lock is taken.
+    assert_eq!(readyz(&s).await.0, 200);
     let options =
         sqlx::sqlite::SqliteConnectOptions::new().filename(s.data_dir.join("clustercred.db"));
     let mut other = sqlx::SqliteConnection::connect_with(&options)

@@ -257,6 +257,8 @@ async fn a_lock_wait_ends_at_the_store_timeout() {
     let mut config = replica_config(&db, dir.path(), &key);
     config.store_timeout_secs = 1;
     let s = TestServer::start_with(config).await;
+    // Serving, with its first-start writes done, before the lock is taken.
+    assert_eq!(readyz(&s).await.0, 200);
 
     let mut other = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     let mut tx = other.begin().await.unwrap();
@@ -279,5 +281,96 @@ async fn a_lock_wait_ends_at_the_store_timeout() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);
     s.stop().await;
+    db.drop_it().await;
+}
+
+/// `keys rotate-signing --database` while two replicas run: each signs with the new key within its cache
+/// staleness bound, without a restart; a token either signs verifies on the other, before the rotation and
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signing_key_rotation_reaches_running_replicas() {
+    let db = Database::create().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = master_key_file(secrets.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path| {
+        let mut c = replica_config(&db, dir, &key);
+        c.cache_staleness_ms = 300;
+        c
+    };
+    let mut a = TestServer::start_with(config(dir_a.path())).await;
+    let mut b = TestServer::start_with(config(dir_b.path())).await;
+    let token = [&a.token, &b.token]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .unwrap()
+        .clone();
+    a.token = token.clone();
+    b.token = token;
+    let (account, key_file) = account_with_key(&a, PROJECT, "rotating-robot").await;
+    add_binding(
+        &a,
+        PROJECT,
+        &format!("serviceAccount:{}", account.email),
+        "roles/alloydb.viewer",
+    )
+    .await
+    .unwrap();
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let lists = |s: &TestServer, t: String| {
+        let url = s.url(&format!("/alloydb/v1/{LOC}/clusters"));
+        async move {
+            http()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let old = access_token(token_for(&a, &key_file, json!({})).await);
+
+    clustercred::cli::keys(clustercred::cli::KeysCommand::RotateSigning {
+        dir: clustercred::cli::DataDir {
+            data_dir: dir_a.path().to_path_buf(),
+            database: Some(db.url()),
+        },
+        master_key_file: Some(key.clone()),
+    })
+    .await
+    .expect("rotate-signing against the shared database");
+    let rotated = std::time::Instant::now();
+    let mut fresh = Vec::new();
+    for s in [&a, &b] {
+        let new = loop {
+            let t = access_token(token_for(s, &key_file, json!({})).await);
+            if kid(&t) != kid(&old) {
+                break t;
+            }
+            assert!(
+                rotated.elapsed() < Duration::from_secs(3),
+                "a replica still signs with the old key {:?} after the rotation",
+                rotated.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        fresh.push(new);
+    }
+    assert_eq!(kid(&fresh[0]), kid(&fresh[1]), "both sign with the new key");
+    for s in [&a, &b] {
+        assert_eq!(
+            lists(s, old.clone()).await,
+            200,
+            "the old token still works"
+        );
+        for t in &fresh {
+            assert_eq!(lists(s, t.clone()).await, 200, "new tokens work on both");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     db.drop_it().await;
 }

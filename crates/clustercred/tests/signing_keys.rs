@@ -1,5 +1,6 @@
-//! Token-signing key rotation: `clustercred keys rotate-signing` adds a key; after a restart the server signs
-//! with it, tokens signed with the old key keep working until they expire, and the JWKS publishes both.
+//! Token-signing key rotation: `clustercred keys rotate-signing` adds a key; the server signs with it (after a
+//! restart, and while it runs within the cache staleness bound), tokens signed with the old key keep working
+//! until they expire, and the JWKS publishes both.
 
 mod common;
 
@@ -98,5 +99,59 @@ async fn a_rotated_signing_key_signs_new_tokens_and_old_ones_keep_working() {
         [kid(&new), kid(&old)],
         "the JWKS publishes both, the current first"
     );
+    s.stop().await;
+}
+
+/// A rotation made while the server runs is picked up within the cache staleness bound, without a restart:
+/// new tokens carry the new kid, a token signed before it keeps working, the JWKS publishes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_picks_up_a_rotation_within_the_staleness_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = config(&data);
+    config.cache_staleness_ms = 300;
+    let s = TestServer::start_with(config).await;
+    let (account, key_file) = account_with_key(&s, PROJECT, "live-robot").await;
+    add_binding(
+        &s,
+        PROJECT,
+        &format!("serviceAccount:{}", account.email),
+        "roles/alloydb.viewer",
+    )
+    .await
+    .unwrap();
+    let old = access_token(token_for(&s, &key_file, json!({})).await);
+    assert_eq!(lists(&s, &old).await, 200);
+
+    clustercred::cli::keys(KeysCommand::RotateSigning {
+        dir: DataDir {
+            data_dir: data.clone(),
+            database: None,
+        },
+        master_key_file: None,
+    })
+    .await
+    .expect("rotate-signing while the server runs");
+    let rotated = std::time::Instant::now();
+    let new = loop {
+        let token = access_token(token_for(&s, &key_file, json!({})).await);
+        if kid(&token) != kid(&old) {
+            break token;
+        }
+        // The bound is 300 ms; the margin is for a loaded test machine.
+        assert!(
+            rotated.elapsed() < std::time::Duration::from_secs(3),
+            "still signing with the old key {:?} after the rotation",
+            rotated.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(lists(&s, &new).await, 200);
+    assert_eq!(
+        lists(&s, &old).await,
+        200,
+        "a token signed before the rotation still works"
+    );
+    assert_eq!(published_kids(&s).await, [kid(&new), kid(&old)]);
     s.stop().await;
 }

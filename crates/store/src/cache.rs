@@ -305,6 +305,12 @@ impl Store for CachedStore {
         self.inner.purge_idempotency(before_unix, limit).await
     }
 
+    async fn purge_expired_issuances(&self, expired_before_unix: i64, limit: u32) -> Result<u64> {
+        self.inner
+            .purge_expired_issuances(expired_before_unix, limit)
+            .await
+    }
+
     async fn next_counter(&self, name: &str) -> Result<i64> {
         self.inner.next_counter(name).await
     }

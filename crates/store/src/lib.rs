@@ -270,6 +270,13 @@ pub trait Store: Send + Sync + 'static {
     /// write lock long); returns how many went.
     async fn purge_idempotency(&self, before_unix: i64, limit: u32) -> Result<u64>;
 
+    /// Deletes issuance records whose certificate expired (`not_after`) before `expired_before_unix`, then token
+    /// records whose token expired before it, the earliest expiry first and at most `limit` rows in all, in one
+    /// short transaction on the expiry indexes; returns how many went. A record that expires at or after
+    /// `expired_before_unix` is never touched, so a caller that passes `now - retention` keeps every record of
+    /// a credential still valid or expired less than the retention ago. Call again while it answers `limit`.
+    async fn purge_expired_issuances(&self, expired_before_unix: i64, limit: u32) -> Result<u64>;
+
     /// Atomically increments and returns a named counter (starting at 1).
     async fn next_counter(&self, name: &str) -> Result<i64>;
 

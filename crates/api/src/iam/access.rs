@@ -23,6 +23,7 @@ use tonic_types::StatusExt;
 use super::project_of_email;
 use crate::context::{AccessControl, Clock, Principal, PrincipalKind};
 use crate::errors::{from_store, with_reason};
+use crate::signing::SigningKeys;
 
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
@@ -145,17 +146,15 @@ impl Authenticator for OpaqueTokens {
 /// signing key and those it replaced less than a token lifetime ago).
 pub struct MintedTokens {
     store: Arc<dyn Store>,
-    keys: Vec<Arc<TokenSigner>>,
+    keys: Arc<SigningKeys>,
     issuer: String,
 }
 
 impl MintedTokens {
-    fn key(&self, presented: &Presented<'_>) -> Option<&TokenSigner> {
+    /// The key of the current set that signed this token, if any.
+    fn key(&self, presented: &Presented<'_>) -> Option<Arc<TokenSigner>> {
         let kid = presented.kid()?;
-        self.keys
-            .iter()
-            .find(|k| k.kid() == kid)
-            .map(|k| k.as_ref())
+        self.keys.current().find(kid).cloned()
     }
 }
 
@@ -352,10 +351,10 @@ pub struct IamAccess {
 }
 
 impl IamAccess {
-    /// `keys`: the token-signing keys whose tokens are accepted (the current one first).
+    /// `keys`: the token-signing keys whose tokens are accepted, as they are at each request.
     pub fn new(
         store: Arc<dyn Store>,
-        keys: Vec<Arc<TokenSigner>>,
+        keys: Arc<SigningKeys>,
         clock: Arc<dyn Clock>,
         issuer: String,
         leeway: Duration,

@@ -198,7 +198,7 @@ async fn exchange(ctx: &Ctx, form_body: &[u8], meta: &RequestMeta) -> TokenReply
             (issuer.clone(), Some(scope), "access token")
         }
     };
-    let minted = match ctx.signer.mint(
+    let minted = match ctx.signer().mint(
         &MintRequest {
             kind: if target_audience.is_some() {
                 TokenKind::Id

@@ -65,6 +65,11 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0001_init.sql"),
         ),
         migration(
+            2,
+            "expiry_indexes",
+            include_str!("../../migrations/postgres/0002_expiry_indexes.sql"),
+        ),
+        migration(
             3,
             "alloydb_endpoint",
             include_str!("../../migrations/postgres/0003_alloydb_endpoint.sql"),
@@ -779,6 +784,41 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    /// Replicas purging at once take disjoint batches: rows another one is deleting are skipped, not waited
+    /// for.
+    async fn purge_expired_issuances(&self, expired_before_unix: i64, limit: u32) -> Result<u64> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let issuances = sqlx::query(
+            "DELETE FROM issuances WHERE serial IN \
+                 (SELECT serial FROM issuances WHERE not_after < $1 \
+                  ORDER BY not_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(expired_before_unix)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left = u64::from(limit).saturating_sub(issuances);
+        let tokens = if left == 0 {
+            0
+        } else {
+            sqlx::query(
+                "DELETE FROM tokens WHERE token_id IN \
+                     (SELECT token_id FROM tokens WHERE expires < $1 \
+                      ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(expired_before_unix)
+            .bind(i64::try_from(left).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
+        let committed = tx.commit().await;
+        finish(committed, &mut conn)?;
+        Ok(issuances + tokens)
     }
 
     async fn next_counter(&self, name: &str) -> Result<i64> {

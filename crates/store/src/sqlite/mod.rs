@@ -40,6 +40,11 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/sqlite/0004_audit_anchoring.sql"),
         ),
         migration(
+            5,
+            "expiry_indexes",
+            include_str!("../../migrations/sqlite/0005_expiry_indexes.sql"),
+        ),
+        migration(
             6,
             "alloydb_endpoint",
             include_str!("../../migrations/sqlite/0006_alloydb_endpoint.sql"),
@@ -936,6 +941,35 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    async fn purge_expired_issuances(&self, expired_before_unix: i64, limit: u32) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let issuances = sqlx::query(
+            "DELETE FROM issuances WHERE rowid IN \
+             (SELECT rowid FROM issuances WHERE not_after < ? ORDER BY not_after LIMIT ?)",
+        )
+        .bind(expired_before_unix)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left = u64::from(limit).saturating_sub(issuances);
+        let tokens = if left == 0 {
+            0
+        } else {
+            sqlx::query(
+                "DELETE FROM tokens WHERE rowid IN \
+                 (SELECT rowid FROM tokens WHERE expires < ? ORDER BY expires LIMIT ?)",
+            )
+            .bind(expired_before_unix)
+            .bind(i64::try_from(left).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
+        tx.commit().await?;
+        Ok(issuances + tokens)
     }
 
     async fn next_counter(&self, name: &str) -> Result<i64> {

@@ -345,3 +345,31 @@ async fn concurrent_opens_of_a_fresh_file_migrate_once() {
         .collect();
     assert_eq!(versions, every_migration());
 }
+
+/// The retention purge's batches are read off the expiry indexes (oldest first, no table scan, no sort).
+#[tokio::test]
+async fn expiry_purges_read_the_expiry_indexes() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    for (table, column, index) in [
+        ("issuances", "not_after", "issuances_by_expiry"),
+        ("tokens", "expires", "tokens_by_expiry"),
+    ] {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM {table} WHERE {column} < 1 ORDER BY {column} LIMIT 10"
+        );
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&s.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get("detail").unwrap())
+            .collect();
+        assert_eq!(
+            plan,
+            [format!(
+                "SEARCH {table} USING COVERING INDEX {index} ({column}<?)"
+            )],
+            "{table}"
+        );
+    }
+}

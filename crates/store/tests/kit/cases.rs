@@ -1396,3 +1396,64 @@ pub async fn resources_of_a_kind_list_across_parents(env: &Env) {
         "projects/q/locations/l/clusters/c1/instances/i1"
     );
 }
+
+/// Issuance and token records whose credential expired before the cutoff go, the earliest expiry first and at
+/// most `limit` rows a call (issuances, then tokens); records that expire at or after the cutoff stay.
+pub async fn expired_issuances_and_tokens_are_purged_in_bounded_batches(env: &Env) {
+    let s = env.store().await;
+    let expiring = |serial: &str, not_after: i64| IssuanceRecord {
+        not_after_unix: not_after,
+        ..issuance(serial, C1, None)
+    };
+    // Written latest expiry first, so "earliest expiry first" is not insertion order.
+    for (n, not_after) in [14, 13, 12, 11, 10, 100, 500].into_iter().enumerate() {
+        s.record_issuance(&expiring(&format!("s{n}"), not_after), None, None)
+            .await
+            .unwrap();
+    }
+    for (id, expires) in [("t600", 600), ("t21", 21), ("t100", 100), ("t20", 20)] {
+        let token = TokenRecord {
+            token_id: id.into(),
+            owner: C1.into(),
+            subject: "sa".into(),
+            expires_unix: expires,
+            create_time_unix: 1,
+        };
+        s.record_token(&token, None).await.unwrap();
+    }
+    let kept = || async {
+        let mut left: Vec<i64> = s
+            .list_issuances(C1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.not_after_unix)
+            .collect();
+        left.sort_unstable();
+        left
+    };
+    assert_eq!(s.purge_expired_issuances(100, 2).await.unwrap(), 2);
+    assert_eq!(
+        kept().await,
+        [12, 13, 14, 100, 500],
+        "the earliest expiries went"
+    );
+    assert_eq!(s.purge_expired_issuances(100, 2).await.unwrap(), 2);
+    assert_eq!(kept().await, [14, 100, 500]);
+    // The last old issuance and the first old token share a batch.
+    assert_eq!(s.purge_expired_issuances(100, 2).await.unwrap(), 2);
+    assert_eq!(kept().await, [100, 500]);
+    // One old token is left; the tokens expiring at the cutoff and after it stay.
+    assert_eq!(s.purge_expired_issuances(100, 2).await.unwrap(), 1);
+    assert_eq!(s.purge_expired_issuances(100, 2).await.unwrap(), 0);
+    assert_eq!(
+        kept().await,
+        [100, 500],
+        "expiring at the cutoff or later: kept"
+    );
+    // A later cutoff takes the rest of what it covers, and a batch of 10 is not filled by anything newer.
+    assert_eq!(s.purge_expired_issuances(101, 10).await.unwrap(), 2);
+    assert_eq!(kept().await, [500]);
+    assert_eq!(s.purge_expired_issuances(i64::MAX, 10).await.unwrap(), 2);
+    assert!(kept().await.is_empty());
+}
