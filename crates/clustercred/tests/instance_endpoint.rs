@@ -444,3 +444,34 @@ async fn proxy_carries_psql_to_the_instance() {
     proxy.abort();
     t.s.stop().await;
 }
+
+/// A session open when the server shuts down is closed cleanly: TLS close_notify (a clean end of stream, not
+/// an abrupt one), and the server's stop completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_sessions_with_close_notify() {
+    let t = setup().await;
+    wait_for_endpoint(&t).await;
+    let (plain, _) = certificate(&t, "c1", false).await;
+    let mut tls = dial(&t, Some(&plain)).await.unwrap();
+    tls.write_all(&startup("postgres", "test")).await.unwrap();
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R');
+    // Drain what PostgreSQL sends after the login (parameters, ReadyForQuery) before the stop.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(t.s.stop());
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), tls.read(&mut buf)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => break Err(e),
+            Err(_) => panic!("the session stayed open through the shutdown"),
+        }
+    };
+    assert!(end.is_ok(), "a clean close_notify, not {end:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the server stops")
+        .unwrap();
+}

@@ -434,9 +434,19 @@ async fn serve(
         inner: tcp,
         counters: counters.clone(),
     };
+    // Before the relay a stop just drops the connection (nothing has reached the backend); a session in its
+    // relay is closed by the relay itself, cleanly.
+    let relaying = std::sync::atomic::AtomicBool::new(false);
+    let session_stop = stop.clone();
+    let stopped_early = async {
+        let _ = stop.changed().await;
+        if relaying.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+    };
     let result = tokio::select! {
-        r = session(client, shared, &mut summary) => r,
-        _ = stop.changed() => Err("closed: the server is shutting down".to_string()),
+        r = session(client, shared, &mut summary, session_stop, &relaying) => r,
+        _ = stopped_early => Err("closed: the server is shutting down".to_string()),
     };
     summary.refusal = result.err();
     summary.bytes_from_client = counters.read.load(Ordering::Relaxed);
@@ -450,6 +460,8 @@ async fn session(
     client: Counted<TcpStream>,
     shared: &Shared,
     summary: &mut ConnectionSummary,
+    mut stop: watch::Receiver<bool>,
+    relaying: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
     let mut tls = step("TLS handshake", shared.acceptor.accept(client)).await?;
     let serial = {
@@ -583,7 +595,17 @@ async fn session(
         .await
         .map_err(|e| format!("backend: {e}"))?;
     summary.relayed = true;
-    match tokio::io::copy_bidirectional(&mut tls, &mut upstream).await {
+    relaying.store(true, Ordering::Release);
+    let relayed = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut tls, &mut upstream) => r,
+        _ = stop.changed() => {
+            // Shutting down: close_notify to the client, the backend connection closed.
+            let _ = tls.shutdown().await;
+            let _ = upstream.shutdown().await;
+            return Err("closed: the server is shutting down".to_string());
+        }
+    };
+    match relayed {
         Ok(_) => Ok(()),
         // A peer that vanishes mid-session is how many sessions end; not a refusal.
         Err(e)
