@@ -285,7 +285,7 @@ async fn built_in_user_is_a_login_role_with_its_password_and_roles() {
     assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
     assert!(verifier_is_for(&verifier, &password));
     assert!(!verifier_is_for(&verifier, "something else"));
-    assert_eq!(pg.memberships(&user).await, [reader.clone()]);
+    assert_eq!(pg.memberships(&user).await, [reader.as_str()]);
     // The role logs in (the test server trusts local connections, so the verifier check above is what
     // proves the password).
     let login_url = {
@@ -349,7 +349,7 @@ async fn built_in_user_is_a_login_role_with_its_password_and_roles() {
     assert!(!pg.password_is(&user, &password).await);
     assert_eq!(
         pg.memberships(&user).await,
-        [reader.clone()],
+        [reader.as_str()],
         "roles untouched"
     );
 
@@ -368,7 +368,7 @@ async fn built_in_user_is_a_login_role_with_its_password_and_roles() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["databaseRoles"], json!([writer]));
-    assert_eq!(pg.memberships(&user).await, [writer.clone()]);
+    assert_eq!(pg.memberships(&user).await, [writer.as_str()]);
     assert!(pg.password_is(&user, &second).await, "password untouched");
     // ... unless keep_extra_roles.
     let kept = update(
@@ -471,7 +471,7 @@ async fn iam_user_is_a_login_role_without_password() {
     assert_eq!(created.name, format!("{CLUSTER}/users/{id}"));
     assert_eq!(created.user_type, pb::user::UserType::AlloydbIamUser as i32);
     assert_eq!(pg.role(&id).await, Some((true, None)), "LOGIN, no password");
-    assert_eq!(pg.memberships(&id).await, [group.clone()]);
+    assert_eq!(pg.memberships(&id).await, [group.as_str()]);
 
     // The same through v1beta's REST path, `@` percent-encoded as gcloud sends it.
     let resp = http()
@@ -642,7 +642,7 @@ async fn documented_errors_have_their_codes_and_change_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(checked.database_roles, [group.clone()]);
+    assert_eq!(checked.database_roles, [group.as_str()]);
     assert_eq!(pg.role(&user).await, None);
     let e = c
         .get_user(pb::GetUserRequest {
@@ -822,7 +822,7 @@ async fn quotes_in_names_and_passwords_stay_data() {
         assert_eq!(created.name, format!("{CLUSTER}/users/{hostile}"));
         assert_eq!(pg.role(&hostile).await.map(|r| r.0), Some(true));
         assert!(pg.password_is(&hostile, password).await);
-        assert_eq!(pg.memberships(&hostile).await, [granted.clone()]);
+        assert_eq!(pg.memberships(&hostile).await, [granted.as_str()]);
         assert!(pg.role(&victim).await.is_some(), "the victim role survives");
         // The REST path takes it percent-encoded.
         let resp = http()
