@@ -931,3 +931,117 @@ async fn viewers_read_users_and_change_nothing() {
     .await
     .unwrap();
 }
+
+/// Racing creates of one user: exactly one wins, the others are ALREADY_EXISTS (never INTERNAL), and the role
+/// and the record agree.
+#[tokio::test]
+async fn concurrent_creates_make_one_user() {
+    let (pg, s, _dir) = setup().await;
+    let user = pg.name("race");
+    let c = grpc(&s).await;
+    let attempts = (0..6).map(|i| {
+        let mut c = c.clone();
+        let user = user.clone();
+        tokio::spawn(async move { create(&mut c, &user, built_in(&format!("pw{i}"), &[])).await })
+    });
+    let mut won = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message()),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(pg.role(&user).await.map(|r| r.0), Some(true));
+    let mut c = grpc(&s).await;
+    let listed = c
+        .list_users(pb::ListUsersRequest {
+            parent: CLUSTER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.users.len(), 1);
+    c.delete_user(pb::DeleteUserRequest {
+        name: format!("{CLUSTER}/users/{user}"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// IAM database authentication as an instance endpoint checks it (`authorize_iam_login`): the OAuth2 token's
+/// principal needs alloydb.instances.connect (roles/alloydb.client) and alloydb.users.login
+/// (roles/alloydb.databaseUser) on the instance, and an ALLOYDB_IAM_USER named after it in the cluster.
+#[tokio::test]
+async fn iam_login_needs_both_permissions_and_an_iam_user() {
+    use clustercred_api::alloydb::authorize_iam_login;
+
+    let pg = Pg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::for_data_dir(dir.path().to_path_buf());
+    config.alloydb_backend = Some(pg.url.clone());
+    let (s, ctx) = TestServer::start_with_ctx(config).await;
+    assert_eq!(
+        create_cluster_c1(&format!("http://{}", s.addr), &s.token, LOC).await,
+        200
+    );
+    let instance = format!("{CLUSTER}/instances/i1");
+
+    let account_id = format!("dbuser-{}", &pg.prefix[3..]);
+    let (account, key) = account_with_key(&s, "users-test", &account_id).await;
+    let db_user = format!("{account_id}@users-test.iam");
+    pg.made.lock().unwrap().push(db_user.clone());
+    let oauth = access_token(token_for(&s, &key, json!({})).await);
+    let member = format!("serviceAccount:{}", account.email);
+
+    let login = |user: String| {
+        let (ctx, oauth, instance) = (ctx.clone(), oauth.clone(), instance.clone());
+        async move { authorize_iam_login(&ctx, &oauth, &instance, &user).await }
+    };
+    let e = login(db_user.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    add_binding(&s, "users-test", &member, "roles/alloydb.client")
+        .await
+        .unwrap();
+    let e = login(db_user.clone()).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "connect alone is not login"
+    );
+    assert!(
+        e.message().contains("alloydb.users.login"),
+        "{}",
+        e.message()
+    );
+    add_binding(&s, "users-test", &member, "roles/alloydb.databaseUser")
+        .await
+        .unwrap();
+    let e = login(db_user.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "no IAM user yet: {}", e.message());
+
+    let mut c = grpc(&s).await;
+    create(&mut c, &db_user, iam_user()).await.unwrap();
+    let ok = login(db_user.clone()).await.unwrap();
+    assert_eq!(ok.role, db_user);
+    assert_eq!(ok.principal.id, account.email);
+    // Only as itself, and only with a good token.
+    let e = login("postgres".into()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = authorize_iam_login(&ctx, "not-a-token", &instance, &db_user)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    c.delete_user(pb::DeleteUserRequest {
+        name: format!("{CLUSTER}/users/{db_user}"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = login(db_user.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    s.stop().await;
+}

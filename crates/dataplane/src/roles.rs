@@ -158,6 +158,8 @@ fn db_error(e: sqlx::Error) -> RoleError {
                 None => message.clone(),
             };
             match code.as_str() {
+                // duplicate_object, or the catalogue's unique index when two creates race.
+                "42710" | "23505" => RoleError::Exists(full),
                 "42501" => RoleError::NotPermitted(full),
                 "42939" => RoleError::ReservedName(full),
                 "2BP01" => RoleError::InUse(full),
@@ -344,7 +346,8 @@ pub async fn create_role(
             Login::Unchanged => Login::NoPassword,
             other => other,
         };
-        match exec(
+        // A role created concurrently since the check above fails here as `Exists` too.
+        exec(
             &mut conn,
             format!(
                 "CREATE ROLE {} WITH {}",
@@ -352,16 +355,7 @@ pub async fn create_role(
                 login_clause(login)?
             ),
         )
-        .await
-        {
-            // Created concurrently since the check above.
-            Err(RoleError::Other(m))
-                if m.contains("[SQLSTATE 42710]") || m.contains("[SQLSTATE 23505]") =>
-            {
-                return Err(RoleError::Exists(spec.name.to_string()));
-            }
-            other => other?,
-        }
+        .await?;
         converge_memberships(&mut conn, spec).await?;
         memberships_on(&mut conn, spec.name).await
     }
