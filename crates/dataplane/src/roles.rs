@@ -39,7 +39,8 @@ pub enum RoleError {
     /// serialization failures). Nothing was changed.
     #[error("the backend database is unavailable: {0}")]
     Unavailable(String),
-    #[error("a role named {0:?} already exists")]
+    /// A role of that name exists (the check found it, or PostgreSQL refused the create: its message).
+    #[error("the role already exists: {0}")]
     Exists(String),
     #[error("no role named {0:?} exists")]
     Missing(String),
@@ -340,7 +341,7 @@ pub async fn create_role(
     begin(&mut conn).await?;
     let result = async {
         if role_exists(&mut conn, spec.name).await? {
-            return Err(RoleError::Exists(spec.name.to_string()));
+            return Err(RoleError::Exists(format!("role {:?}", spec.name)));
         }
         let login = match spec.login {
             Login::Unchanged => Login::NoPassword,
