@@ -182,7 +182,7 @@ class RoundRobin:
 class ReplicaPair(Server):
     """Two replicas on one fresh PostgreSQL database behind a round-robin proxy, looking like one Server."""
 
-    def __init__(self, base, admin_url):
+    def __init__(self, base, admin_url, extra_args=()):
         self.tls = False
         self.dbname = "conformance_%d_%s" % (os.getpid(), secrets.token_hex(4))
         self.admin_url = admin_url
@@ -197,7 +197,7 @@ class ReplicaPair(Server):
         # One issuer behind the balancer; caches read the change epoch on every read, so a change made through
         # one replica is seen by the next request on the other (the suite's steps depend on that).
         args = ["--database", url, "--master-key-file", key, "--issuer-url", f"http://{self.proxy.addr}",
-                "--cache-staleness-ms", "0"]
+                "--cache-staleness-ms", "0", *extra_args]
         dirs = [os.path.join(base, n) for n in ("a", "b")]
         for d in dirs:
             os.mkdir(d, 0o700)

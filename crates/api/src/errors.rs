@@ -100,3 +100,82 @@ pub fn from_token(field: &str, err: TokenError) -> Status {
         ),
     }
 }
+
+/// The wire status of a backend failure for user `user_id` of `cluster`; `id_field` names the request field
+/// that carries the user id.
+pub fn from_database_users(
+    err: crate::alloydb::DatabaseUserError,
+    cluster: &str,
+    user_id: &str,
+    id_field: &str,
+) -> Status {
+    use crate::alloydb::DatabaseUserError::*;
+    match err {
+        NoBackend => with_reason(
+            Code::FailedPrecondition,
+            "NO_ALLOYDB_BACKEND",
+            format!(
+                "cluster {cluster} has no backend database for its users: start clustercred with \
+                 --alloydb-backend postgres://... or --alloydb-backend-for {cluster}=postgres://..."
+            ),
+        ),
+        Unavailable(detail) => {
+            tracing::warn!(cluster, %detail, "backend database unavailable");
+            Status::unavailable(format!(
+                "the backend database of cluster {cluster} is unavailable ({detail}); nothing was \
+                 changed, retry later"
+            ))
+        }
+        RoleExists => Status::with_error_details(
+            Code::AlreadyExists,
+            format!(
+                "a role named {user_id:?} already exists in the backend database of cluster {cluster} \
+                 and is not a user clustercred manages: drop it there or choose another user id"
+            ),
+            tonic_types::ErrorDetails::with_resource_info(
+                "user",
+                format!("{cluster}/users/{user_id}"),
+                "",
+                "a role of that name exists in the backend database",
+            ),
+        ),
+        RoleMissing => with_reason(
+            Code::FailedPrecondition,
+            "ROLE_MISSING",
+            format!(
+                "the role of user {user_id:?} is missing from the backend database of cluster {cluster} \
+                 (dropped outside clustercred): delete the user and create it again"
+            ),
+        ),
+        UnknownRoles(roles) => invalid_field(
+            "user.database_roles",
+            format!(
+                "no role named {} exists in the backend database of cluster {cluster}",
+                roles
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        RefusedRoles(why) | InvalidGrant(why) => invalid_field("user.database_roles", why),
+        ReservedName(why) => invalid_field(id_field, why),
+        NotPermitted(why) => with_reason(
+            Code::FailedPrecondition,
+            "BACKEND_NOT_PERMITTED",
+            format!(
+                "the backend database of cluster {cluster} refused: {why} (clustercred's user there needs \
+                 CREATEROLE, and the right to grant the roles asked for)"
+            ),
+        ),
+        InUse(why) => with_reason(
+            Code::FailedPrecondition,
+            "ROLE_IN_USE",
+            format!(
+                "the role {user_id:?} cannot be dropped: {why}. Reassign or drop what it owns and holds \
+                 (REASSIGN OWNED BY / DROP OWNED BY, in every database) and delete the user again"
+            ),
+        ),
+        Other(why) => internal("changing a role in the backend database", why),
+    }
+}

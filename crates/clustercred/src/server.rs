@@ -77,6 +77,13 @@ pub fn mounts() -> Vec<ApiMount> {
 }
 
 impl Server {
+    /// The API adapters' shared context (store, access control, settings), for what runs beside the API on
+    /// the same state: instance endpoints checking IAM database logins
+    /// (`clustercred_api::alloydb::authorize_iam_login`), and tests.
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
     /// Opens the data directory (bootstrapping it on first start) and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Server> {
         let backends = config

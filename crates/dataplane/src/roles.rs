@@ -39,7 +39,8 @@ pub enum RoleError {
     /// serialization failures). Nothing was changed.
     #[error("the backend database is unavailable: {0}")]
     Unavailable(String),
-    #[error("a role named {0:?} already exists")]
+    /// A role of that name exists (the check found it, or PostgreSQL refused the create: its message).
+    #[error("the role already exists: {0}")]
     Exists(String),
     #[error("no role named {0:?} exists")]
     Missing(String),
@@ -158,6 +159,8 @@ fn db_error(e: sqlx::Error) -> RoleError {
                 None => message.clone(),
             };
             match code.as_str() {
+                // duplicate_object, or the catalogue's unique index when two creates race.
+                "42710" | "23505" => RoleError::Exists(full),
                 "42501" => RoleError::NotPermitted(full),
                 "42939" => RoleError::ReservedName(full),
                 "2BP01" => RoleError::InUse(full),
@@ -338,13 +341,14 @@ pub async fn create_role(
     begin(&mut conn).await?;
     let result = async {
         if role_exists(&mut conn, spec.name).await? {
-            return Err(RoleError::Exists(spec.name.to_string()));
+            return Err(RoleError::Exists(format!("role {:?}", spec.name)));
         }
         let login = match spec.login {
             Login::Unchanged => Login::NoPassword,
             other => other,
         };
-        match exec(
+        // A role created concurrently since the check above fails here as `Exists` too.
+        exec(
             &mut conn,
             format!(
                 "CREATE ROLE {} WITH {}",
@@ -352,16 +356,7 @@ pub async fn create_role(
                 login_clause(login)?
             ),
         )
-        .await
-        {
-            // Created concurrently since the check above.
-            Err(RoleError::Other(m))
-                if m.contains("[SQLSTATE 42710]") || m.contains("[SQLSTATE 23505]") =>
-            {
-                return Err(RoleError::Exists(spec.name.to_string()));
-            }
-            other => other?,
-        }
+        .await?;
         converge_memberships(&mut conn, spec).await?;
         memberships_on(&mut conn, spec.name).await
     }

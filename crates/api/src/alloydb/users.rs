@@ -13,12 +13,11 @@ use clustercred_proto::google::cloud::alloydb::v1 as pb;
 use clustercred_store::{ResourceRecord, StoreError};
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::{Code, Request, Status};
-use tonic_types::StatusExt;
+use tonic::{Request, Status};
 
 use crate::common::parse_request_id;
 use crate::context::{Caller, Ctx, Principal, PrincipalKind};
-use crate::errors::{from_store, invalid_field, not_found, with_reason};
+use crate::errors::{from_store, invalid_field, not_found};
 use crate::names::{ResourceName, parse_resource};
 
 pub const USER_KIND: &str = "alloydb.User";
@@ -115,85 +114,6 @@ impl DatabaseUsers for NoBackends {
     }
 }
 
-/// The wire status of a backend failure for user `user_id` of `cluster`; `id_field` names the request field
-/// that carries the user id.
-pub fn backend_status(
-    err: DatabaseUserError,
-    cluster: &str,
-    user_id: &str,
-    id_field: &str,
-) -> Status {
-    use DatabaseUserError::*;
-    match err {
-        NoBackend => with_reason(
-            Code::FailedPrecondition,
-            "NO_ALLOYDB_BACKEND",
-            format!(
-                "cluster {cluster} has no backend database for its users: start clustercred with \
-                 --alloydb-backend postgres://... or --alloydb-backend-for {cluster}=postgres://..."
-            ),
-        ),
-        Unavailable(detail) => {
-            tracing::warn!(cluster, %detail, "backend database unavailable");
-            Status::unavailable(format!(
-                "the backend database of cluster {cluster} is unavailable ({detail}); nothing was \
-                 changed, retry later"
-            ))
-        }
-        RoleExists => Status::with_error_details(
-            Code::AlreadyExists,
-            format!(
-                "a role named {user_id:?} already exists in the backend database of cluster {cluster} \
-                 and is not a user clustercred manages: drop it there or choose another user id"
-            ),
-            tonic_types::ErrorDetails::with_resource_info(
-                "user",
-                format!("{cluster}/users/{user_id}"),
-                "",
-                "a role of that name exists in the backend database",
-            ),
-        ),
-        RoleMissing => with_reason(
-            Code::FailedPrecondition,
-            "ROLE_MISSING",
-            format!(
-                "the role of user {user_id:?} is missing from the backend database of cluster {cluster} \
-                 (dropped outside clustercred): delete the user and create it again"
-            ),
-        ),
-        UnknownRoles(roles) => invalid_field(
-            "user.database_roles",
-            format!(
-                "no role named {} exists in the backend database of cluster {cluster}",
-                roles
-                    .iter()
-                    .map(|r| format!("{r:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        RefusedRoles(why) | InvalidGrant(why) => invalid_field("user.database_roles", why),
-        ReservedName(why) => invalid_field(id_field, why),
-        NotPermitted(why) => with_reason(
-            Code::FailedPrecondition,
-            "BACKEND_NOT_PERMITTED",
-            format!(
-                "the backend database of cluster {cluster} refused: {why} (clustercred's user there needs \
-                 CREATEROLE, and the right to grant the roles asked for)"
-            ),
-        ),
-        InUse(why) => with_reason(
-            Code::FailedPrecondition,
-            "ROLE_IN_USE",
-            format!(
-                "the role {user_id:?} cannot be dropped: {why}. Reassign or drop what it owns and holds \
-                 (REASSIGN OWNED BY / DROP OWNED BY, in every database) and delete the user again"
-            ),
-        ),
-        Other(why) => crate::errors::internal("changing a role in the backend database", why),
-    }
-}
-
 /// The roles of `cluster`'s backend database, wrapped for the handlers.
 struct Backend<'a> {
     users: &'a dyn DatabaseUsers,
@@ -204,7 +124,7 @@ struct Backend<'a> {
 
 impl Backend<'_> {
     fn status(&self, e: DatabaseUserError) -> Status {
-        backend_status(e, self.cluster, self.user_id, self.id_field)
+        crate::errors::from_database_users(e, self.cluster, self.user_id, self.id_field)
     }
 }
 
@@ -881,6 +801,7 @@ pub async fn authorize_iam_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn user_ids() {
@@ -1024,7 +945,7 @@ mod tests {
             validate_only: false,
         };
         let e = NoBackends.create(&change).await.unwrap_err();
-        let s = backend_status(e, change.cluster, "u", "user_id");
+        let s = crate::errors::from_database_users(e, change.cluster, "u", "user_id");
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().contains("--alloydb-backend"), "{}", s.message());
         assert!(s.message().contains(change.cluster), "{}", s.message());

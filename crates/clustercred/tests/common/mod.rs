@@ -36,8 +36,16 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServeConfig) -> TestServer {
+        TestServer::start_with_ctx(config).await.0
+    }
+
+    /// Like `start_with`, also handing out the server's shared context (for checks made beside the API).
+    pub async fn start_with_ctx(
+        config: ServeConfig,
+    ) -> (TestServer, std::sync::Arc<clustercred_api::Ctx>) {
         let data_dir = config.data_dir.clone();
         let server = Server::bind(&config).await.expect("server binds");
+        let ctx = server.ctx();
         let addr = server.addr;
         // A replica on a shared database whose peer created the administrator has no token file of its own.
         let token = std::fs::read_to_string(&server.admin_token_path).unwrap_or_default();
@@ -45,14 +53,17 @@ impl TestServer {
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
-        TestServer {
-            addr,
-            token,
-            data_dir,
-            _dir: None,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        (
+            TestServer {
+                addr,
+                token,
+                data_dir,
+                _dir: None,
+                stop: Some(tx),
+                task: Some(task),
+            },
+            ctx,
+        )
     }
 
     /// Stops the server and waits for it to release the database.
