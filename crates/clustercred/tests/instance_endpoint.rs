@@ -475,3 +475,103 @@ async fn shutdown_closes_open_sessions_with_close_notify() {
         .expect("the server stops")
         .unwrap();
 }
+
+/// The server certificate names every address handed out (and the PSC DNS name where one is configured),
+/// and an instance takes at most --alloydb-max-connections at once: the next one is closed unanswered until
+/// a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_names_and_connection_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::for_data_dir(dir.keep());
+    config.alloydb_backend = Some(postgres());
+    config.alloydb_max_connections = 1;
+    config.alloydb_first_address =
+        std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    let s = TestServer::start_with(config).await;
+    let r = http()
+        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
+        .bearer_auth(&s.token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: serde_json::Value = http()
+        .post(s.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=psc"
+        )))
+        .bearer_auth(&s.token)
+        .json(&serde_json::json!({"instanceType": "PRIMARY",
+            "pscInstanceConfig": {"pscDnsName": "psc1.c1.example.internal."}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ip: IpAddr = r["response"]["ipAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut t = Setup {
+        s,
+        ip,
+        ca_pem: String::new(),
+    };
+    wait_for_endpoint(&t).await;
+    let (client, ca) = certificate(&t, "c1", false).await;
+    t.ca_pem = ca;
+
+    let mut first = dial(&t, Some(&client)).await.unwrap();
+    let (_, conn) = first.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    let sans = &cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    let IpAddr::V4(v4) = ip else {
+        panic!("IPv4 by default")
+    };
+    assert!(
+        sans.iter().any(
+            |n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == v4.octets())
+        ),
+        "{sans:?}"
+    );
+    assert!(
+        sans.iter().any(|n| matches!(
+            n,
+            x509_parser::extensions::GeneralName::DNSName("psc1.c1.example.internal")
+        )),
+        "{sans:?}"
+    );
+
+    // The one slot is taken: the next connection is closed before any TLS.
+    let second = dial(&t, Some(&client)).await;
+    assert!(
+        second.is_err(),
+        "a second connection over the limit is refused"
+    );
+    // Once the first ends, a new one gets through.
+    first.write_all(&startup("postgres", "test")).await.unwrap();
+    let mut head = [0u8; 9];
+    first.read_exact(&mut head).await.unwrap();
+    first.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+    rest(&mut first).await;
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if let Ok(tls) = dial(&t, Some(&client)).await {
+            login_reaches_postgres(tls).await;
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "a freed slot admits the next connection");
+    t.s.stop().await;
+}

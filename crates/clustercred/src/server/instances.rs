@@ -33,6 +33,8 @@ const SERVER_CERT_LIFETIME: time::Duration = time::Duration::days(397);
 struct Wanted {
     cluster: String,
     ips: Vec<IpAddr>,
+    /// The Private Service Connect DNS name, where one is configured: a DNS SAN (the connectors dial it).
+    dns: Vec<String>,
     backend: Option<String>,
 }
 
@@ -155,11 +157,19 @@ async fn wanted(ctx: &Ctx, options: &EndpointOptions) -> anyhow::Result<HashMap<
             if ips.is_empty() {
                 continue;
             }
+            let dns = instance
+                .psc_instance_config
+                .as_ref()
+                .map(|p| p.psc_dns_name.trim_end_matches('.').to_string())
+                .filter(|d| !d.is_empty())
+                .into_iter()
+                .collect();
             out.insert(
                 record.name.clone(),
                 Wanted {
                     cluster: record.parent.clone(),
                     ips,
+                    dns,
                     backend: options
                         .backends
                         .for_instance(&record.name)
@@ -187,7 +197,7 @@ async fn start(
     let key = generate_key_pair(GeneratedKeyAlgorithm::EcdsaP256)?;
     let cert = ca.issue_server_certificate(
         &key.public_key,
-        &[],
+        &want.dns,
         &want.ips,
         SERVER_CERT_LIFETIME,
         ctx.now(),
