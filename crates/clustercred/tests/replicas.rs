@@ -374,3 +374,173 @@ async fn a_signing_key_rotation_reaches_running_replicas() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     db.drop_it().await;
 }
+
+/// Two replicas on one database both serve an instance created through one of them (sharing its address),
+/// a revocation made with the CLI against the database holds at once whichever replica a connection reaches,
+/// and the instance stays reachable when a replica goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_instance_endpoints_and_revocations() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = Database::create().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = master_key_file(secrets.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    let config = |dir: &std::path::Path| {
+        let mut c = replica_config(&db, dir, &key);
+        c.alloydb_backend = Some(db.admin_url.clone());
+        c.alloydb_first_address = first;
+        c.cache_staleness_ms = 100;
+        c
+    };
+    let (a, b) = tokio::join!(
+        TestServer::start_with(config(dir_a.path())),
+        TestServer::start_with(config(dir_b.path())),
+    );
+    let token = if a.token.is_empty() {
+        b.token.clone()
+    } else {
+        a.token.clone()
+    };
+    assert_eq!(create_cluster_c1(&a.url(""), &token, LOC).await, 200);
+    let r: serde_json::Value = http()
+        .post(a.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=i1"
+        )))
+        .bearer_auth(&token)
+        .json(&json!({"instanceType": "PRIMARY"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ip: std::net::IpAddr = r["response"]["ipAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // A certificate from replica B, without the metadata exchange.
+    let client_key = p256();
+    let cert: serde_json::Value = http()
+        .post(b.url(&format!(
+            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
+        )))
+        .bearer_auth(&token)
+        .json(&json!({"publicKey": client_key.public_key_pem()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain: String = cert["pemCertificateChain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(cert["caCert"].as_str().unwrap().as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls_config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let database = db.name.clone();
+    // True when the login reached PostgreSQL (AuthenticationOk), false when the endpoint closed first.
+    let login = || {
+        let (tls_config, database) = (tls_config.clone(), database.clone());
+        async move {
+            let Ok(tcp) = tokio::net::TcpStream::connect((ip, 5433)).await else {
+                return false;
+            };
+            let Ok(mut tls) = tokio_rustls::TlsConnector::from(tls_config)
+                .connect(ServerName::IpAddress(ip.into()), tcp)
+                .await
+            else {
+                return false;
+            };
+            let mut body = 196_608u32.to_be_bytes().to_vec();
+            for (k, v) in [("user", "postgres"), ("database", database.as_str())] {
+                body.extend_from_slice(k.as_bytes());
+                body.push(0);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+            packet.extend_from_slice(&body);
+            if tls.write_all(&packet).await.is_err() {
+                return false;
+            }
+            let mut head = [0u8; 9];
+            let ok =
+                tls.read_exact(&mut head).await.is_ok() && head == [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+            let _ = tls.write_all(&[b'X', 0, 0, 0, 4]).await;
+            ok
+        }
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if login().await {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the instance endpoint serves");
+    for _ in 0..10 {
+        assert!(
+            login().await,
+            "whichever replica answers, the login goes through"
+        );
+    }
+
+    // Replica A goes away: B still serves the instance.
+    a.stop().await;
+    for _ in 0..5 {
+        assert!(login().await, "the other replica serves the instance alone");
+    }
+
+    // Revoked with the CLI against the shared database: refused at once.
+    let serial = {
+        let der = parse_cert(&chain);
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        hex::encode(c.raw_serial())
+    };
+    clustercred::cli::alloydb(clustercred::cli::AlloydbCommand::RevokeCertificate {
+        dir: clustercred::cli::DataDir {
+            data_dir: dir_a.path().to_path_buf(),
+            database: Some(db.url()),
+        },
+        cluster: format!("{LOC}/clusters/c1"),
+        serial: Some(serial),
+        principal: None,
+    })
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        assert!(!login().await, "a revoked certificate is refused at once");
+    }
+    b.stop().await;
+    db.drop_it().await;
+}
