@@ -182,14 +182,18 @@ def test_go_connector_refresh_replayed_then_dial(instance):
     assert pkcs1.startswith("-----BEGIN RSA PUBLIC KEY-----")
     headers = {"Authorization": f"Bearer {s.token}", "Content-Type": "application/json",
                "x-goog-api-client": "gl-go/1.24 gapic/1.0 gax/2.14 rest/UNKNOWN"}
+    from urllib.parse import quote
     cluster = s.instance_uri.rsplit("/instances/", 1)[0]
     query = "?%24alt=json%3Benum-encoding%3Dint"
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # GAPIC REST also names the routing parameter in x-goog-request-params.
         info_f = pool.submit(requests.get, f"{s.url}/alloydb/v1alpha/{s.instance_uri}/connectionInfo{query}",
-                             headers=headers, verify=s.ca, timeout=30)
+                             headers=dict(headers, **{"x-goog-request-params": f"parent={quote(s.instance_uri)}"}),
+                             verify=s.ca, timeout=30)
         cert_f = pool.submit(requests.post, f"{s.url}/alloydb/v1alpha/{cluster}:generateClientCertificate{query}",
                              json={"publicKey": pkcs1, "certDuration": "3600s", "useMetadataExchange": True},
-                             headers=headers, verify=s.ca, timeout=30)
+                             headers=dict(headers, **{"x-goog-request-params": f"parent={quote(cluster)}"}),
+                             verify=s.ca, timeout=30)
         info, cert = info_f.result(), cert_f.result()
     assert info.status_code == 200, info.text
     assert cert.status_code == 200, cert.text
@@ -208,11 +212,20 @@ def test_go_connector_refresh_replayed_then_dial(instance):
         ctx.load_cert_chain(bundle.name)
     with socket.create_connection((ip, 5433), timeout=30) as raw, ctx.wrap_socket(raw, server_hostname=ip) as tls:
         assert tls.version() == "TLSv1.3"
-        # MetadataExchangeRequest{user_agent: "alloydb-go-connector/replay", auth_type: DB_NATIVE}
-        agent = b"alloydb-go-connector/replay"
-        body = bytes([0x0A, len(agent)]) + agent + bytes([0x10, 0x01])
+        # MetadataExchangeRequest{user_agent, auth_type: DB_NATIVE, oauth2_token}: the Go connector sends its
+        # token with DB_NATIVE too, and reads the answer with two single reads (length, then message).
+        def field(tag, data):
+            n, size = len(data), b""
+            while True:
+                size += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+                n >>= 7
+                if not n:
+                    return bytes([tag]) + size + data
+        body = (field(0x0A, b"alloydb-go-connector/1.18.4") + bytes([0x10, 0x01])
+                + field(0x1A, s.token.encode()))
         tls.sendall(struct.pack(">I", len(body)) + body)
-        assert tls.recv(6) == b"\x00\x00\x00\x02\x08\x01"
+        assert tls.recv(4) == b"\x00\x00\x00\x02"
+        assert tls.recv(2) == b"\x08\x01"
         params = b"user\x00postgres\x00database\x00" + backend_db().encode() + b"\x00\x00"
         tls.sendall(struct.pack(">II", len(params) + 8, 196608) + params)
         sql = b"SELECT 6 * 7\x00"
