@@ -575,3 +575,64 @@ async fn server_certificate_names_and_connection_limit() {
     assert!(admitted, "a freed slot admits the next connection");
     t.s.stop().await;
 }
+
+/// A flood of connections without a certificate costs no audit write apiece: the refusals are counted into
+/// aggregated events (written at once for the first, then per window and at shutdown), and the count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_counted_not_written_one_by_one() {
+    let t = setup().await;
+    wait_for_endpoint(&t).await;
+    let audit_rows = || async {
+        let store = clustercred::database::open(
+            &t.s.data_dir,
+            None,
+            false,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        store
+            .list_audit(&clustercred_store::AuditFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.event.method == "alloydb.instances.connect" && e.event.status == "UNAUTHENTICATED"
+            })
+            .map(|e| e.event.count)
+            .collect::<Vec<u64>>()
+    };
+    let before = audit_rows().await.len();
+    const FLOOD: usize = 150;
+    for _ in 0..FLOOD {
+        // TLS without a client certificate: the handshake fails at the server.
+        if let Ok(mut tls) = dial(&t, None).await {
+            let _ = tls.write_all(b"x").await;
+            let _ = rest(&mut tls).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let during = audit_rows().await;
+    assert!(
+        during.len() <= before + 1,
+        "{} audit rows for {FLOOD} refused handshakes",
+        during.len() - before
+    );
+    let data_dir = t.s.data_dir.clone();
+    t.s.stop().await;
+    let store =
+        clustercred::database::open(&data_dir, None, false, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let counted: u64 = store
+        .list_audit(&clustercred_store::AuditFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e.event.method == "alloydb.instances.connect" && e.event.status == "UNAUTHENTICATED"
+        })
+        .map(|e| e.event.count)
+        .sum();
+    assert!(counted >= FLOOD as u64, "every refusal counted: {counted}");
+}

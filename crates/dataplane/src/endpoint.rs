@@ -162,8 +162,25 @@ pub struct ConnectionSummary {
     pub duration: Duration,
     /// Why the connection was refused or ended in error; `None` for a session that ran and closed.
     pub refusal: Option<String>,
+    /// What kind of failure `refusal` is (the step the connection was at when it ended).
+    pub failure: Failure,
     /// The session reached the backend.
     pub relayed: bool,
+}
+
+/// The kind of a connection's failure, by the step it happened at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No client certificate of the cluster CA (the handshake failed): nobody known.
+    Unauthenticated,
+    /// A known certificate or token without the right (unknown, revoked, no permission, wrong user).
+    PermissionDenied,
+    /// A malformed metadata exchange or startup message.
+    InvalidArgument,
+    /// The backend could not be reached, or the connection broke.
+    Unavailable,
+    /// The server is shutting down.
+    ShuttingDown,
 }
 
 /// Decides who may connect and as whom.
@@ -183,6 +200,8 @@ pub trait Gatekeeper: Send + Sync + 'static {
     /// Whether `user` is an IAM database user of the instance's cluster: a client that did not use the
     /// metadata exchange then logs in with its access token as the password.
     async fn is_iam_user(&self, instance: &InstanceInfo, user: &str) -> bool;
+    /// Whether to serve a new connection from `peer` at all (before any TLS work).
+    fn accept(&self, peer: SocketAddr) -> bool;
     /// A connection ended (or was refused).
     async fn closed(&self, instance: &InstanceInfo, summary: ConnectionSummary);
 }
@@ -326,6 +345,9 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                if !shared.gate.accept(peer) {
+                    continue;
+                }
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(instance = %shared.instance.name, %peer,
                         "instance connection limit reached; connection closed");
@@ -428,6 +450,7 @@ async fn serve(
         bytes_to_client: 0,
         duration: Duration::ZERO,
         refusal: None,
+        failure: Failure::Unauthenticated,
         relayed: false,
     };
     let client = Counted {
@@ -446,7 +469,10 @@ async fn serve(
     };
     let result = tokio::select! {
         r = session(client, shared, &mut summary, session_stop, &relaying) => r,
-        _ = stopped_early => Err("closed: the server is shutting down".to_string()),
+        _ = stopped_early => {
+            summary.failure = Failure::ShuttingDown;
+            Err("closed: the server is shutting down".to_string())
+        }
     };
     summary.refusal = result.err();
     summary.bytes_from_client = counters.read.load(Ordering::Relaxed);
@@ -472,9 +498,17 @@ async fn session(
             .ok_or("no client certificate")?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|e| format!("client certificate: {e}"))?;
+        // Whom the cluster CA issued it to, for the record of a refusal before admission.
+        summary.principal = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
         hex::encode(cert.raw_serial())
     };
     summary.serial_hex = Some(serial.clone());
+    summary.failure = Failure::PermissionDenied;
     let admission = match shared.gate.admit(&shared.instance, &serial).await {
         Ok(a) => a,
         Err(reason) => {
@@ -486,6 +520,7 @@ async fn session(
 
     let mut login = None;
     if admission.metadata_exchange {
+        summary.failure = Failure::InvalidArgument;
         let request = match step("metadata exchange", mdx::read_request(&mut tls)).await {
             Ok(r) => r,
             Err(reason) => return Err(refuse_mdx(&mut tls, reason).await),
@@ -496,6 +531,7 @@ async fn session(
             AuthType::DbNative
         };
         summary.auth_type = Some(auth_type);
+        summary.failure = Failure::PermissionDenied;
         if auth_type == AuthType::AutoIam {
             match shared
                 .gate
@@ -506,6 +542,7 @@ async fn session(
                 Err(reason) => return Err(refuse_mdx(&mut tls, reason).await),
             }
         }
+        summary.failure = Failure::Unavailable;
         if shared.backend.is_none() {
             return Err(refuse_mdx(&mut tls, no_backend(&shared.instance)).await);
         }
@@ -514,6 +551,7 @@ async fn session(
         summary.auth_type = Some(AuthType::DbNative);
     }
 
+    summary.failure = Failure::InvalidArgument;
     let startup = match step("startup", pgwire::read_startup(&mut tls)).await {
         Ok(s) => s,
         Err(reason) => {
@@ -530,6 +568,7 @@ async fn session(
         } => {
             summary.database_user = Some(user.clone());
             summary.database = database;
+            summary.failure = Failure::PermissionDenied;
             // Without the metadata exchange (asyncpg), an IAM user's password is its access token: ask for
             // it in clear text (inside this TLS) and log in as for AUTO_IAM.
             if login.is_none()
@@ -571,6 +610,7 @@ async fn session(
         }
         Startup::Cancel { packet } => packet,
     };
+    summary.failure = Failure::Unavailable;
     let Some(backend) = &shared.backend else {
         let reason = no_backend(&shared.instance);
         let _ = tls.write_all(&pgwire::fatal("08006", &reason)).await;
@@ -602,6 +642,7 @@ async fn session(
             // Shutting down: close_notify to the client, the backend connection closed.
             let _ = tls.shutdown().await;
             let _ = upstream.shutdown().await;
+            summary.failure = Failure::ShuttingDown;
             return Err("closed: the server is shutting down".to_string());
         }
     };

@@ -14,8 +14,8 @@ use clustercred_api::context::RequestMeta;
 use clustercred_authority::{GeneratedKeyAlgorithm, generate_key_pair};
 use clustercred_dataplane::backend::Backends;
 use clustercred_dataplane::endpoint::{
-    Admission, BackendAddr, ConnectionSummary, Endpoint, EndpointSpec, Gatekeeper, IamLogin,
-    InstanceInfo, server_tls,
+    Admission, BackendAddr, ConnectionSummary, Endpoint, EndpointSpec, Failure, Gatekeeper,
+    IamLogin, InstanceInfo, server_tls,
 };
 use clustercred_proto::google::cloud::alloydb::v1 as pb;
 use prost::Message;
@@ -228,6 +228,9 @@ async fn start(
     Ok(Endpoint::start(spec, gate.clone()).await?)
 }
 
+/// The audit method of instance connections.
+const CONNECT: &str = "alloydb.instances.connect";
+
 /// The CA whose client certificates the backends trust (`pg_hba` `cert`) for IAM logins: one for the whole
 /// deployment, kept sealed in the store like the cluster CAs; its certificate goes in each backend's
 /// `ssl_ca_file`.
@@ -340,15 +343,16 @@ impl Gatekeeper for Gate {
         )
     }
 
+    fn accept(&self, peer: SocketAddr) -> bool {
+        // An address that used up its refusals, or its request rate, costs no handshake.
+        let limits = &self.ctx.limits;
+        limits.failing(peer.ip()).is_ok() && limits.address(peer.ip()).is_ok()
+    }
+
     async fn closed(&self, instance: &InstanceInfo, s: ConnectionSummary) {
         let auth = s.auth_type.map_or("-", |a| a.as_str());
         let detail = format!(
-            "{} certificate {} auth {} user {} database {} bytes in {} out {} for {} ms{}",
-            if s.refusal.is_some() && !s.relayed {
-                "refused"
-            } else {
-                "session"
-            },
+            "certificate {} auth {} user {} database {} bytes in {} out {} for {} ms{}",
             s.serial_hex.as_deref().unwrap_or("-"),
             auth,
             s.database_user.as_deref().unwrap_or("-"),
@@ -361,10 +365,6 @@ impl Gatekeeper for Gate {
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
         );
-        let code = match (&s.refusal, s.relayed) {
-            (Some(_), false) => Code::PermissionDenied,
-            _ => Code::Ok,
-        };
         // The certificate names its principal by id; the audit trail by member string.
         let principal = match s.principal.as_deref() {
             None => "anonymous".to_string(),
@@ -374,13 +374,35 @@ impl Gatekeeper for Gate {
             },
         };
         let meta = RequestMeta {
-            method: "alloydb.instances.connect".into(),
+            method: CONNECT.into(),
             client_address: s.peer.to_string(),
             user_agent: String::new(),
         };
-        let event = self
-            .ctx
-            .event(&principal, &meta, &instance.name, code, detail, "");
-        self.ctx.audit(&event).await;
+        if s.relayed || s.refusal.is_none() {
+            // A session: one event, written when it ends.
+            let event = self
+                .ctx
+                .event(&principal, &meta, &instance.name, Code::Ok, detail, "");
+            self.ctx.audit(&event).await;
+            return;
+        }
+        // A refusal: through the aggregator, so a flood of handshakes costs no write apiece (and counts
+        // against the address like any refused call).
+        let code = match s.failure {
+            Failure::Unauthenticated => Code::Unauthenticated,
+            Failure::PermissionDenied => Code::PermissionDenied,
+            Failure::InvalidArgument => Code::InvalidArgument,
+            Failure::Unavailable => Code::Unavailable,
+            Failure::ShuttingDown => Code::Aborted,
+        };
+        self.ctx
+            .refused(
+                &principal,
+                &meta,
+                "",
+                &instance.name,
+                &tonic::Status::new(code, detail),
+            )
+            .await;
     }
 }
