@@ -365,6 +365,8 @@ impl Gatekeeper for Gate {
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
         );
+        // Reasons may quote what the client sent (a user name up to the startup packet's size): bounded.
+        let detail: String = detail.chars().take(1024).collect();
         // The certificate names its principal by id; the audit trail by member string.
         let principal = match s.principal.as_deref() {
             None => "anonymous".to_string(),
