@@ -247,13 +247,12 @@ pub fn server_tls(
     Ok(Arc::new(config))
 }
 
-/// A running endpoint. Dropping it without [`Endpoint::stop`] leaves its tasks running.
+/// A running endpoint. Dropping it without [`Endpoint::stop`] aborts its tasks: connections are cut without
+/// a TLS close_notify.
 pub struct Endpoint {
     pub addresses: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    slots: Arc<Semaphore>,
-    max_connections: usize,
 }
 
 struct Shared {
@@ -305,14 +304,7 @@ impl Endpoint {
             addresses,
             stop,
             tasks,
-            slots,
-            max_connections,
         })
-    }
-
-    /// Connections open now.
-    pub fn active(&self) -> usize {
-        self.max_connections - self.slots.available_permits()
     }
 
     /// Stops accepting and closes every open connection (TLS close_notify to the client, the backend
@@ -330,6 +322,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -349,8 +342,12 @@ async fn accept_loop(
                     continue;
                 }
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(instance = %shared.instance.name, %peer,
-                        "instance connection limit reached; connection closed");
+                    // Once per ten seconds at most: a flood must not become a flood of log lines.
+                    if last_full_warning.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10)) {
+                        last_full_warning = Some(Instant::now());
+                        tracing::warn!(instance = %shared.instance.name, %peer,
+                            "instance connection limit reached; new connections are closed");
+                    }
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
