@@ -14,10 +14,10 @@ use clustercred_authority::{GeneratedKeyAlgorithm, generate_key_pair};
 use clustercred_dataplane::{mdx, pgwire};
 use clustercred_proto::google::cloud::alloydb::connectors::v1::MetadataExchangeRequest;
 use clustercred_proto::google::cloud::alloydb::connectors::v1::metadata_exchange_request::AuthType;
-use prost::Message;
+use clustercred_proto::google::cloud::alloydb::connectors::v1::metadata_exchange_response::ResponseCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Args, Clone, Debug)]
@@ -214,25 +214,11 @@ impl Proxy {
             },
             oauth2_token: self.token.clone(),
         };
-        let body = request.encode_to_vec();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        remote.write_all(&frame).await?;
-        let mut len = [0u8; 4];
-        remote
-            .read_exact(&mut len)
+        remote.write_all(&mdx::request(&request)).await?;
+        let reply = mdx::read_response(&mut remote)
             .await
             .context("reading the metadata exchange answer")?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > mdx::MAX_FRAME {
-            bail!("the instance's metadata exchange answer is too large");
-        }
-        let mut reply = vec![0u8; len];
-        remote.read_exact(&mut reply).await?;
-        let reply = clustercred_proto::google::cloud::alloydb::connectors::v1::MetadataExchangeResponse::decode(
-            reply.as_slice(),
-        )?;
-        if reply.response_code != 1 {
+        if reply.response_code != ResponseCode::Ok as i32 {
             let message = format!("the instance refused the connection: {}", reply.error);
             let _ = local.write_all(&pgwire::fatal("28000", &message)).await;
             bail!(message);

@@ -25,11 +25,10 @@ pub enum MdxError {
     Closed,
 }
 
-/// Reads one framed request; never reads more than its length prefix promises, nor a prefix past
-/// [`MAX_FRAME`].
-pub async fn read_request<R: AsyncRead + Unpin>(
+/// Reads one frame; never reads more than its length prefix promises, nor a prefix past [`MAX_FRAME`].
+async fn read_frame<M: Message + Default, R: AsyncRead + Unpin>(
     reader: &mut R,
-) -> Result<MetadataExchangeRequest, MdxError> {
+) -> Result<M, MdxError> {
     let mut prefix = [0u8; 4];
     reader
         .read_exact(&mut prefix)
@@ -47,12 +46,40 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         .read_exact(&mut body)
         .await
         .map_err(|_| MdxError::Closed)?;
-    MetadataExchangeRequest::decode(body.as_slice()).map_err(|e| MdxError::Malformed(e.to_string()))
+    M::decode(body.as_slice()).map_err(|e| MdxError::Malformed(e.to_string()))
 }
 
-/// A framed response, length and message in one buffer: the Go connector reads it with a single read.
+/// Length and message in one buffer: the Go connector reads a reply with a single read.
+fn frame(message: &impl Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// The instance endpoint's side: one framed request.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<MetadataExchangeRequest, MdxError> {
+    read_frame(reader).await
+}
+
+/// The client's side (`clustercred alloydb proxy`): one framed request.
+pub fn request(message: &MetadataExchangeRequest) -> Vec<u8> {
+    frame(message)
+}
+
+/// The client's side: the framed response.
+pub async fn read_response<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<MetadataExchangeResponse, MdxError> {
+    read_frame(reader).await
+}
+
+/// A framed response.
 pub fn response(result: Result<(), &str>) -> Vec<u8> {
-    let message = match result {
+    frame(&match result {
         Ok(()) => MetadataExchangeResponse {
             response_code: ResponseCode::Ok as i32,
             error: String::new(),
@@ -62,12 +89,7 @@ pub fn response(result: Result<(), &str>) -> Vec<u8> {
             // Bounded, so the reply stays far below the clients' 16 KiB.
             error: reason.chars().take(1024).collect(),
         },
-    };
-    let body = message.encode_to_vec();
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
+    })
 }
 
 #[cfg(test)]
