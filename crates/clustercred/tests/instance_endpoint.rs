@@ -6,16 +6,17 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use clustercred::ServeConfig;
 use clustercred_proto::google::cloud::alloydb::connectors::v1::{
     MetadataExchangeRequest, MetadataExchangeResponse, metadata_exchange_response::ResponseCode,
 };
+use common::alloydb::{
+    ClientCert, Tls, client_certificate, create_cluster, create_instance, first_address, frame,
+    read_reply, startup,
+};
 use common::*;
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOC: &str = "projects/p/locations/l";
@@ -35,37 +36,19 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServeConfig::for_data_dir(dir.keep());
     config.alloydb_backend = Some(postgres());
-    // An address range of this test's own, so parallel tests never share port 5433.
-    config.alloydb_first_address =
-        std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    config.alloydb_first_address = first_address();
     let s = TestServer::start_with(config).await;
     for cluster in ["c1", "c2"] {
-        let r = http()
-            .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId={cluster}")))
-            .bearer_auth(&s.token)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        create_cluster(&s.url(""), &s.token, LOC, cluster).await;
     }
-    let r: serde_json::Value = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=i1"
-        )))
-        .bearer_auth(&s.token)
-        .json(&serde_json::json!({"instanceType": "PRIMARY"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ip: IpAddr = r["response"]["ipAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ip = create_instance(
+        &s.url(""),
+        &s.token,
+        &format!("{LOC}/clusters/c1"),
+        "i1",
+        serde_json::json!({}),
+    )
+    .await;
     let info: serde_json::Value = http()
         .get(s.url(&format!(
             "/alloydb/v1/{LOC}/clusters/c1/instances/i1/connectionInfo"
@@ -89,81 +72,19 @@ async fn setup() -> Setup {
 }
 
 /// A client certificate of `cluster` for a fresh key: (chain PEM + key, CA PEM).
-async fn certificate(t: &Setup, cluster: &str, mdx: bool) -> ((String, rcgen::KeyPair), String) {
-    let key = p256();
-    let r: serde_json::Value = http()
-        .post(t.s.url(&format!(
-            "/alloydb/v1beta/{LOC}/clusters/{cluster}:generateClientCertificate"
-        )))
-        .bearer_auth(&t.s.token)
-        .json(&serde_json::json!({
-            "publicKey": key.public_key_pem(),
-            "certDuration": "3600s",
-            "useMetadataExchange": mdx,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chain = r["pemCertificateChain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect::<String>();
-    ((chain, key), r["caCert"].as_str().unwrap().to_string())
+async fn certificate(t: &Setup, cluster: &str, mdx: bool) -> (ClientCert, String) {
+    client_certificate(
+        &t.s.url(""),
+        &t.s.token,
+        &format!("{LOC}/clusters/{cluster}"),
+        mdx,
+    )
+    .await
 }
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// Dials the instance as the connectors do: TLS 1.3, trusting only the cluster CA, checking the IP SAN.
-async fn dial(t: &Setup, client: Option<&(String, rcgen::KeyPair)>) -> std::io::Result<Tls> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(t.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(chain.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect((t.ip, 5433)).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(t.ip.into()), tcp)
-        .await
-}
-
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
-fn startup(user: &str, database: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+async fn dial(t: &Setup, client: Option<&ClientCert>) -> std::io::Result<Tls> {
+    common::alloydb::dial(t.ip, &t.ca_pem, client).await
 }
 
 /// Everything the server sends until it closes (a TLS alert or reset reads as the end too).
@@ -195,21 +116,11 @@ async fn login_reaches_postgres(mut tls: Tls) {
 }
 
 async fn mdx_reply(tls: &mut Tls) -> MetadataExchangeResponse {
-    let mut len = [0u8; 4];
-    tls.read_exact(&mut len).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    tls.read_exact(&mut body).await.unwrap();
-    MetadataExchangeResponse::decode(body.as_slice()).unwrap()
+    read_reply(tls).await
 }
 
 async fn wait_for_endpoint(t: &Setup) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect((t.ip, 5433)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the instance endpoint never listened");
+    common::alloydb::wait_for_endpoint(t.ip).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,35 +396,17 @@ async fn server_certificate_names_and_connection_limit() {
     let mut config = ServeConfig::for_data_dir(dir.keep());
     config.alloydb_backend = Some(postgres());
     config.alloydb_max_connections = 1;
-    config.alloydb_first_address =
-        std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    config.alloydb_first_address = first_address();
     let s = TestServer::start_with(config).await;
-    let r = http()
-        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
-        .bearer_auth(&s.token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r: serde_json::Value = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=psc"
-        )))
-        .bearer_auth(&s.token)
-        .json(&serde_json::json!({"instanceType": "PRIMARY",
-            "pscInstanceConfig": {"pscDnsName": "psc1.c1.example.internal."}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ip: IpAddr = r["response"]["ipAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    create_cluster(&s.url(""), &s.token, LOC, "c1").await;
+    let ip = create_instance(
+        &s.url(""),
+        &s.token,
+        &format!("{LOC}/clusters/c1"),
+        "psc",
+        serde_json::json!({"pscInstanceConfig": {"pscDnsName": "psc1.c1.example.internal."}}),
+    )
+    .await;
     let mut t = Setup {
         s,
         ip,

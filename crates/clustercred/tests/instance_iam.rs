@@ -8,16 +8,17 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use clustercred::ServeConfig;
 use clustercred_proto::google::cloud::alloydb::connectors::v1::{
     MetadataExchangeRequest, MetadataExchangeResponse, metadata_exchange_response::ResponseCode,
 };
+use common::alloydb::{
+    ClientCert, Tls, client_certificate, create_cluster, create_instance, first_address, frame,
+    read_reply, wait_for_endpoint,
+};
 use common::*;
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROJECT: &str = "iamdb";
@@ -82,8 +83,7 @@ async fn setup() -> Setup {
         pg.port,
         root.display()
     ));
-    config.alloydb_first_address =
-        std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    config.alloydb_first_address = first_address();
     let s = TestServer::start_with(config).await;
 
     // The operator's step: the backend trusts clustercred's backend client CA.
@@ -99,37 +99,16 @@ async fn setup() -> Setup {
     std::fs::write(&clients, backend_ca).unwrap();
     pg.reload();
 
-    let r = http()
-        .post(s.url(&format!("/alloydb/v1/{LOC}/clusters?clusterId=c1")))
-        .bearer_auth(&s.token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r: serde_json::Value = http()
-        .post(s.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=i1"
-        )))
-        .bearer_auth(&s.token)
-        .json(&serde_json::json!({"instanceType": "PRIMARY"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ip: IpAddr = r["response"]["ipAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect((ip, 5433)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    create_cluster(&s.url(""), &s.token, LOC, "c1").await;
+    let ip = create_instance(
+        &s.url(""),
+        &s.token,
+        &format!("{LOC}/clusters/c1"),
+        "i1",
+        serde_json::json!({}),
+    )
+    .await;
+    wait_for_endpoint(ip).await;
     Setup { s, _pg: pg, ip }
 }
 
@@ -171,55 +150,12 @@ fn percent(s: &str) -> String {
 }
 
 /// A client certificate for a fresh key, asked for with `token`: (chain, key) and the CA.
-async fn certificate(t: &Setup, token: &str, mdx: bool) -> ((String, rcgen::KeyPair), String) {
-    let key = p256();
-    let r: serde_json::Value = http()
-        .post(t.s.url(&format!(
-            "/alloydb/v1beta/{LOC}/clusters/c1:generateClientCertificate"
-        )))
-        .bearer_auth(token)
-        .json(&serde_json::json!({
-            "publicKey": key.public_key_pem(),
-            "useMetadataExchange": mdx,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chain = r["pemCertificateChain"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect::<String>();
-    ((chain, key), r["caCert"].as_str().unwrap().to_string())
+async fn certificate(t: &Setup, token: &str, mdx: bool) -> (ClientCert, String) {
+    client_certificate(&t.s.url(""), token, &format!("{LOC}/clusters/c1"), mdx).await
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn dial(t: &Setup, ca_pem: &str, client: &(String, rcgen::KeyPair)) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        CertificateDer::pem_slice_iter(client.0.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap(),
-        PrivateKeyDer::from_pem_slice(client.1.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect((t.ip, 5433)).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(t.ip.into()), tcp)
+async fn dial(t: &Setup, ca_pem: &str, client: &ClientCert) -> Tls {
+    common::alloydb::dial(t.ip, ca_pem, Some(client))
         .await
         .unwrap()
 }
@@ -231,28 +167,12 @@ async fn exchange(tls: &mut Tls, auth_type: i32, token: &str) -> MetadataExchang
         oauth2_token: token.into(),
     }
     .encode_to_vec();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    tls.write_all(&frame).await.unwrap();
-    let mut len = [0u8; 4];
-    tls.read_exact(&mut len).await.unwrap();
-    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
-    tls.read_exact(&mut reply).await.unwrap();
-    MetadataExchangeResponse::decode(reply.as_slice()).unwrap()
+    tls.write_all(&frame(&body)).await.unwrap();
+    read_reply(tls).await
 }
 
 fn startup(user: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "postgres")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    common::alloydb::startup(user, "postgres")
 }
 
 /// One backend message: (type, body); None at the end of the stream.

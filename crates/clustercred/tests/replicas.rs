@@ -380,17 +380,14 @@ async fn a_signing_key_rotation_reaches_running_replicas() {
 /// and the instance stays reachable when a replica goes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_instance_endpoints_and_revocations() {
-    use std::sync::Arc;
-
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use common::alloydb::{client_certificate, create_instance, dial, first_address, startup};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let db = Database::create().await;
     let secrets = tempfile::tempdir().unwrap();
     let key = master_key_file(secrets.path());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = std::net::Ipv4Addr::new(127, rand::random_range(2..250), rand::random(), 1);
+    let first = first_address();
     let config = |dir: &std::path::Path| {
         let mut c = replica_config(&db, dir, &key);
         c.alloydb_backend = Some(db.admin_url.clone());
@@ -408,88 +405,25 @@ async fn replicas_share_instance_endpoints_and_revocations() {
         a.token.clone()
     };
     assert_eq!(create_cluster_c1(&a.url(""), &token, LOC).await, 200);
-    let r: serde_json::Value = http()
-        .post(a.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1/instances?instanceId=i1"
-        )))
-        .bearer_auth(&token)
-        .json(&json!({"instanceType": "PRIMARY"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ip: std::net::IpAddr = r["response"]["ipAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cluster = format!("{LOC}/clusters/c1");
+    let ip = create_instance(&a.url(""), &token, &cluster, "i1", json!({})).await;
 
     // A certificate from replica B, without the metadata exchange.
-    let client_key = p256();
-    let cert: serde_json::Value = http()
-        .post(b.url(&format!(
-            "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
-        )))
-        .bearer_auth(&token)
-        .json(&json!({"publicKey": client_key.public_key_pem()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chain: String = cert["pemCertificateChain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(cert["caCert"].as_str().unwrap().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls_config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            CertificateDer::pem_slice_iter(chain.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap(),
-            PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap(),
-    );
+    let (client, ca) = client_certificate(&b.url(""), &token, &cluster, false).await;
+    let chain = client.0.clone();
     let database = db.name.clone();
     // True when the login reached PostgreSQL (AuthenticationOk), false when the endpoint closed first.
     let login = || {
-        let (tls_config, database) = (tls_config.clone(), database.clone());
+        let (client, ca, database) = (&client, &ca, database.clone());
         async move {
-            let Ok(tcp) = tokio::net::TcpStream::connect((ip, 5433)).await else {
+            let Ok(mut tls) = dial(ip, ca, Some(client)).await else {
                 return false;
             };
-            let Ok(mut tls) = tokio_rustls::TlsConnector::from(tls_config)
-                .connect(ServerName::IpAddress(ip.into()), tcp)
+            if tls
+                .write_all(&startup("postgres", &database))
                 .await
-            else {
-                return false;
-            };
-            let mut body = 196_608u32.to_be_bytes().to_vec();
-            for (k, v) in [("user", "postgres"), ("database", database.as_str())] {
-                body.extend_from_slice(k.as_bytes());
-                body.push(0);
-                body.extend_from_slice(v.as_bytes());
-                body.push(0);
-            }
-            body.push(0);
-            let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-            packet.extend_from_slice(&body);
-            if tls.write_all(&packet).await.is_err() {
+                .is_err()
+            {
                 return false;
             }
             let mut head = [0u8; 9];

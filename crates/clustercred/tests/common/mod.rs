@@ -1,6 +1,7 @@
 //! A real server on an ephemeral port with a temporary data directory, and clients for it.
 #![allow(dead_code)]
 
+pub mod alloydb;
 pub mod pg_cluster;
 #[allow(unused_imports)]
 pub use pg_cluster::PgCluster;
