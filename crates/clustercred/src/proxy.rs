@@ -16,7 +16,7 @@ use clustercred_proto::google::cloud::alloydb::connectors::v1::MetadataExchangeR
 use clustercred_proto::google::cloud::alloydb::connectors::v1::metadata_exchange_request::AuthType;
 use clustercred_proto::google::cloud::alloydb::connectors::v1::metadata_exchange_response::ResponseCode;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -137,38 +137,26 @@ impl Api<'_> {
                     })),
             )
             .await?;
-        let chain: Vec<CertificateDer<'static>> = cert["pemCertificateChain"]
+        let chain: String = cert["pemCertificateChain"]
             .as_array()
             .context("no certificate chain in the answer")?
             .iter()
             .filter_map(|c| c.as_str())
-            .flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes()))
-            .collect::<Result<_, _>>()
+            .collect();
+        let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .context("an empty certificate chain")?
             .context("parsing the certificate chain")?;
-        let leaf = chain.first().context("an empty certificate chain")?;
         let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
         let not_after = parsed.validity().not_after.to_datetime();
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in
-            CertificateDer::pem_slice_iter(cert["caCert"].as_str().unwrap_or_default().as_bytes())
-        {
-            roots.add(ca.context("parsing caCert")?)?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            chain,
-            PrivateKeyDer::from_pem_slice(key.private_key_pem.as_bytes())?,
-        )?;
-        Ok(Session {
-            tls: Arc::new(tls),
-            ip,
-            not_after,
-        })
+        let tls = clustercred_dataplane::endpoint::client_tls(
+            cert["caCert"].as_str().unwrap_or_default(),
+            &chain,
+            &key.private_key_pem,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Session { tls, ip, not_after })
     }
 }
 

@@ -118,34 +118,46 @@ impl BackendAddr {
             "the instance's backend URL has no sslrootcert: IAM logins need TLS to a backend whose \
              certificate can be checked",
         )?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(root)
-            .map_err(|e| format!("backend sslrootcert {}: {e}", root.display()))?
-        {
-            roots
-                .add(cert.map_err(|e| format!("backend sslrootcert: {e}"))?)
-                .map_err(|e| format!("backend sslrootcert: {e}"))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("backend client certificate: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("backend client key: {e}"))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("backend client certificate: {e}"))?;
+        let roots = std::fs::read_to_string(root)
+            .map_err(|e| format!("backend sslrootcert {}: {e}", root.display()))?;
+        let config = client_tls(&roots, chain_pem, key_pem)
+            .map_err(|e| format!("TLS to the backend: {e}"))?;
         let server_name = ServerName::try_from(self.host.clone())
             .map_err(|e| format!("backend host {}: {e}", self.host))?;
         Ok(BackendTls {
-            config: Arc::new(config),
+            config,
             server_name,
         })
     }
+}
+
+/// A TLS client that trusts only `roots_pem` and presents `chain_pem` with `key_pem`: the endpoint towards
+/// a backend for IAM logins, and `clustercred alloydb proxy` towards an endpoint (which accepts TLS 1.3 only).
+pub fn client_tls(
+    roots_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| format!("trusted CA: {e}"))?)
+            .map_err(|e| format!("trusted CA: {e}"))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("client key: {e}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| format!("client certificate: {e}"))?;
+    Ok(Arc::new(config))
 }
 
 /// What happened on one connection, for the log and the audit trail.
