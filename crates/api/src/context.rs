@@ -355,9 +355,37 @@ impl Ctx {
         {
             self.limits.note_failure(ip);
         }
+        if status.code() == Code::ResourceExhausted {
+            self.refused_exhausted(principal, meta, resource, status);
+            return;
+        }
         let event = self.event(principal, meta, resource, status.code(), detail, "");
         if let Some(event) = self.refusals.note(event) {
             self.audit(&event).await;
+        }
+    }
+
+    /// Records a RESOURCE_EXHAUSTED refusal without waiting: an overload refusal must stay cheap and quick when
+    /// the store is what is overloaded, so its event (when the aggregator writes one now) is written in the
+    /// background instead of waiting in the commit queue. Bounded: the aggregator lets only a few events a
+    /// second through to be written at once; the rest are counted into one event per window.
+    pub fn refused_exhausted(
+        &self,
+        principal: &str,
+        meta: &RequestMeta,
+        resource: &str,
+        status: &Status,
+    ) {
+        let detail = status.message().to_string();
+        let event = self.event(principal, meta, resource, status.code(), detail, "");
+        if let Some(event) = self.refusals.note(event) {
+            log_event(&event);
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.append_audit(&event).await {
+                    tracing::error!(error = %e, "writing an audit event failed");
+                }
+            });
         }
     }
 

@@ -65,6 +65,24 @@ impl Gate {
         }
     }
 
+    /// The REST gateway's check before it reads a body: a minting method is refused at once while every
+    /// signing permit is taken, like a gRPC call in [`Gate::admit`], without the body being read or transcoded.
+    pub fn rest_admission(
+        self: &Arc<Self>,
+    ) -> impl Fn(&str, &http::request::Parts) -> Result<(), Status> + Send + Sync + 'static {
+        let gate = self.clone();
+        move |method: &str, parts: &http::request::Parts| {
+            if !gate.table.get(method).is_some_and(|rule| rule.mints) {
+                return Ok(());
+            }
+            gate.ctx.limits.saturated().inspect_err(|status| {
+                let address = parts.extensions.get::<ClientAddress>().map(|a| a.0);
+                let meta = RequestMeta::from_parts(method, address, &parts.headers);
+                gate.ctx.refused_exhausted("anonymous", &meta, "", status);
+            })
+        }
+    }
+
     fn refuse(status: Status) -> http::Response<tonic::body::Body> {
         status.into_http()
     }
@@ -89,6 +107,13 @@ impl Gate {
 
         // Before any work: the caller's address, and whether that address keeps failing.
         self.ctx.admit_address(&meta).await?;
+        // A minting call when every signing permit is taken: refused before authentication and the body.
+        if rule.mints
+            && let Err(status) = limits.saturated()
+        {
+            self.ctx.refused_exhausted("anonymous", &meta, "", &status);
+            return Err(status);
+        }
         if rule.access == Access::Public {
             return Ok(req.map(tonic::body::Body::new));
         }

@@ -145,6 +145,13 @@ pub fn exhausted(what: &str, retry_after: Option<Duration>) -> Status {
     Status::with_error_details(Code::ResourceExhausted, what.to_string(), details)
 }
 
+fn busy_signing() -> Status {
+    exhausted(
+        "the server is busy signing; retry shortly",
+        Some(Duration::from_millis(100)),
+    )
+}
+
 /// Everything the adapters consult before expensive work.
 pub struct Limits {
     addresses: RateLimiter,
@@ -224,12 +231,17 @@ impl Limits {
 
     /// A permit to sign, or RESOURCE_EXHAUSTED right away when the server is saturated.
     pub fn signing(&self) -> Result<SemaphorePermit<'_>, Status> {
-        self.signing.try_acquire().map_err(|_| {
-            exhausted(
-                "the server is busy signing; retry shortly",
-                Some(Duration::from_millis(100)),
-            )
-        })
+        self.signing.try_acquire().map_err(|_| busy_signing())
+    }
+
+    /// RESOURCE_EXHAUSTED when no signing permit is free now: the gate asks this of a minting call before it
+    /// authenticates or reads the body, so that under overload the excess costs almost nothing. Takes no permit
+    /// (a slow upload must not hold one); the handler still takes its own.
+    pub fn saturated(&self) -> Result<(), Status> {
+        if self.signing.available_permits() == 0 {
+            return Err(busy_signing());
+        }
+        Ok(())
     }
 
     /// An owned permit: it moves into the generation task, so a client that goes away does not free the slot

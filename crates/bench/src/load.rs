@@ -51,6 +51,14 @@ pub struct RunArgs {
     /// Also write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// After a RESOURCE_EXHAUSTED answer, wait the `RetryInfo` delay it carries before the worker's next call, as
+    /// Google's client libraries do; without this flag a refused worker retries at once (a hostile client).
+    #[arg(long)]
+    honor_retry_delay: bool,
+    /// Marks the run as an overload run (beyond the server's admission limit): the report puts it in its own
+    /// table, with the refusals, instead of the throughput table and plot.
+    #[arg(long)]
+    overload: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -91,6 +99,15 @@ pub struct RunResult {
     /// CPU milliseconds this load generator spent per successful call (it shares the machine with the server).
     #[serde(default)]
     pub client_cpu_ms_per_request: Option<f64>,
+    /// Latency of the RESOURCE_EXHAUSTED answers (HTTP 429), in milliseconds, when there were any.
+    #[serde(default)]
+    pub refused_latency_ms: Option<Latency>,
+    /// Whether refused workers waited the server's retry delay (`--honor-retry-delay`).
+    #[serde(default)]
+    pub honor_retry_delay: bool,
+    /// Run with `--overload`.
+    #[serde(default)]
+    pub overload: bool,
 }
 
 struct Shared {
@@ -101,6 +118,7 @@ struct Shared {
     state: State,
     keys: Vec<String>,
     subject_tokens: Vec<String>,
+    honor_retry_delay: bool,
 }
 
 fn subject_tokens(state: &State, n: usize) -> anyhow::Result<Vec<String>> {
@@ -121,7 +139,47 @@ fn subject_tokens(state: &State, n: usize) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-type Outcome = Result<(), String>;
+/// A failed call: its label for the error counts, whether it was RESOURCE_EXHAUSTED, and the retry delay the
+/// server asked for.
+struct Failure {
+    label: String,
+    exhausted: bool,
+    retry_delay: Option<Duration>,
+}
+
+impl From<String> for Failure {
+    fn from(label: String) -> Self {
+        Failure {
+            label,
+            exhausted: false,
+            retry_delay: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(label: &str) -> Self {
+        label.to_string().into()
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// `"0.100s"` (a JSON google.protobuf.Duration) as a duration.
+fn parse_json_duration(text: &str) -> Option<Duration> {
+    let secs: f64 = text.strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(60.0)))
+}
+
+/// The `RetryInfo` delay in a Google REST error body.
+fn rest_retry_delay(body: &[u8]) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["error"]["details"]
+        .as_array()?
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+        .and_then(|d| parse_json_duration(d["retryDelay"].as_str()?))
+}
 
 fn transport(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -136,7 +194,12 @@ async fn finish(resp: reqwest::Response, expect: Option<&[u8]>) -> Outcome {
     // Read the whole body: that is part of the call, and lets the connection be reused.
     let body = resp.bytes().await.map_err(|e| transport(&e))?;
     if !status.is_success() {
-        return Err(format!("http {}", status.as_u16()));
+        let exhausted = status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+        return Err(Failure {
+            label: format!("http {}", status.as_u16()),
+            exhausted,
+            retry_delay: exhausted.then(|| rest_retry_delay(&body)).flatten(),
+        });
     }
     if let Some(needle) = expect
         && !body.windows(needle.len()).any(|w| w == needle)
@@ -222,11 +285,23 @@ async fn grpc_call(
         .generate_client_certificate(req)
         .await
         .map(|_| ())
-        .map_err(|st| format!("grpc {:?}", st.code()))
+        .map_err(|st| {
+            use tonic_types::StatusExt;
+            let exhausted = st.code() == tonic::Code::ResourceExhausted;
+            Failure {
+                label: format!("grpc {:?}", st.code()),
+                exhausted,
+                retry_delay: st
+                    .get_details_retry_info()
+                    .and_then(|r| r.retry_delay)
+                    .filter(|_| exhausted),
+            }
+        })
 }
 
 struct WorkerOutcome {
     hist: Histogram<u64>,
+    refused: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
     last_end: Instant,
@@ -261,6 +336,7 @@ async fn worker(
     }
     let mut out = WorkerOutcome {
         hist: new_hist(),
+        refused: new_hist(),
         ok: 0,
         errors: BTreeMap::new(),
         last_end: measure_from,
@@ -278,17 +354,28 @@ async fn worker(
         };
         let ended = Instant::now();
         i += concurrency;
-        if started < measure_from {
-            continue;
-        }
-        out.last_end = ended;
-        match outcome {
-            Ok(()) => {
-                out.ok += 1;
-                let us = (ended - started).as_micros().min(u64::MAX as u128) as u64;
-                out.hist.saturating_record(us.max(1));
+        let us = (ended - started).as_micros().min(u64::MAX as u128) as u64;
+        let pause = match &outcome {
+            Err(f) if s.honor_retry_delay => f.retry_delay,
+            _ => None,
+        };
+        if started >= measure_from {
+            out.last_end = ended;
+            match outcome {
+                Ok(()) => {
+                    out.ok += 1;
+                    out.hist.saturating_record(us.max(1));
+                }
+                Err(f) => {
+                    if f.exhausted {
+                        out.refused.saturating_record(us.max(1));
+                    }
+                    *out.errors.entry(f.label).or_default() += 1;
+                }
             }
-            Err(label) => *out.errors.entry(label).or_default() += 1,
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
         }
     }
     Ok(out)
@@ -354,6 +441,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state,
         keys,
         subject_tokens,
+        honor_retry_delay: args.honor_retry_delay,
     });
 
     let start = Instant::now();
@@ -392,12 +480,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let own_before = procstat::cpu_secs(std::process::id());
 
     let mut hist = new_hist();
+    let mut refused = new_hist();
     let mut ok = 0;
     let mut errors = BTreeMap::<String, u64>::new();
     let mut last_end = measure_from;
     for w in workers {
         let w = w.await.context("worker panicked")??;
         hist.add(&w.hist).context("merging histograms")?;
+        refused.add(&w.refused).context("merging histograms")?;
         ok += w.ok;
         for (k, v) in w.errors {
             *errors.entry(k).or_default() += v;
@@ -414,7 +504,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let window_secs = (last_end - measure_from)
         .as_secs_f64()
         .max(args.duration.min(1e-3));
-    let ms = |us: u64| us as f64 / 1000.0;
     let server = match (args.pid, cpu_before, cpu_after) {
         (Some(pid), Some(before), Some(after)) => Some(ServerUsage {
             cpu_secs: after - before,
@@ -437,14 +526,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ok,
         errors,
         rps: ok as f64 / window_secs,
-        latency_ms: Latency {
-            p50: ms(hist.value_at_quantile(0.50)),
-            p90: ms(hist.value_at_quantile(0.90)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            p999: ms(hist.value_at_quantile(0.999)),
-            max: ms(hist.max()),
-            mean: hist.mean() / 1000.0,
-        },
+        latency_ms: latency(&hist),
+        refused_latency_ms: (!refused.is_empty()).then(|| latency(&refused)),
+        honor_retry_delay: args.honor_retry_delay,
+        overload: args.overload,
         server,
         client_cpu_ms_per_request: match (own_before, own_after) {
             (Some(b), Some(a)) if ok > 0 => Some((a - b) * 1000.0 / ok as f64),
@@ -457,6 +542,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50: ms(hist.value_at_quantile(0.50)),
+        p90: ms(hist.value_at_quantile(0.90)),
+        p99: ms(hist.value_at_quantile(0.99)),
+        p999: ms(hist.value_at_quantile(0.999)),
+        max: ms(hist.max()),
+        mean: hist.mean() / 1000.0,
+    }
 }
 
 /// `ClientCertGrpc` -> `client-cert-grpc`, the name clap uses on the command line.
@@ -500,6 +597,20 @@ fn print_result(r: &RunResult) {
         println!(
             "{:<28}        server CPU {:.2} s ({:.3} ms/request), peak RSS {:.1} MiB (lifetime high-water {:.1} MiB)",
             "", s.cpu_secs, s.cpu_ms_per_request, s.peak_rss_mib, s.hwm_mib
+        );
+    }
+    if let Some(l) = &r.refused_latency_ms {
+        println!(
+            "{:<28}        RESOURCE_EXHAUSTED answers: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            "",
+            l.p50,
+            l.p99,
+            l.max,
+            if r.honor_retry_delay {
+                " (workers waited the retry delay)"
+            } else {
+                " (workers retried at once)"
+            }
         );
     }
 }

@@ -47,6 +47,11 @@ struct Cell {
     cpu_ms: Option<f64>,
     client_cpu_ms: Option<f64>,
     peak_rss: Option<f64>,
+    overload: bool,
+    honor_retry_delay: bool,
+    /// Medians over the repeats of the refusals' p50 and p99 latency (ms), when there were refusals.
+    refused_p50: Option<f64>,
+    refused_p99: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,6 +65,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The median over the runs that had refusals of one statistic of their refusal latency.
+fn refused(runs: &[RunResult], stat: fn(&crate::load::Latency) -> f64) -> Option<f64> {
+    let v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.refused_latency_ms.as_ref().map(stat))
+        .collect();
+    (!v.is_empty()).then(|| median(v))
 }
 
 fn cells(runs: Vec<RunResult>) -> Vec<Cell> {
@@ -106,6 +120,10 @@ fn cells(runs: Vec<RunResult>) -> Vec<Cell> {
                     (!v.is_empty()).then(|| median(v))
                 },
                 peak_rss: servers.iter().map(|s| s.peak_rss_mib).reduce(f64::max),
+                overload: g[0].overload,
+                honor_retry_delay: g[0].honor_retry_delay,
+                refused_p50: refused(&g, |l| l.p50),
+                refused_p99: refused(&g, |l| l.p99),
             }
         })
         .collect();
@@ -330,7 +348,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(!runs.is_empty(), "no results in {}", args.results.display());
-    let cells = cells(runs);
+    let (overload, cells): (Vec<Cell>, Vec<Cell>) =
+        cells(runs).into_iter().partition(|c| c.overload);
     let cfssl: BTreeMap<usize, f64> = cells
         .iter()
         .filter(|c| c.flow == Flow::Cfssl)
@@ -424,6 +443,9 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         md,
         "\n![throughput and p99 against concurrency](throughput.svg)\n"
     );
+    if !overload.is_empty() {
+        overload_table(&mut md, &overload, &cells);
+    }
     let _ = writeln!(md, "## Raw ceiling: `openssl speed`, one core\n");
     match (ecdsa, rsa) {
         (Some((es, ev)), Some((rs, rv))) => {
@@ -482,6 +504,66 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Overload runs beside the same flow's best admitted throughput below the admission limit.
+fn overload_table(md: &mut String, overload: &[Cell], cells: &[Cell]) {
+    let _ = writeln!(
+        md,
+        "## Overload\n\nThe same flow at a concurrency beyond the server's admission limit          (`--max-concurrent-signing`, 64 by default): calls beyond it get RESOURCE_EXHAUSTED (HTTP 429, with a \
+         RetryInfo delay of 100 ms). Either every refused worker calls again at once (a hostile client), or it \
+         waits the delay the server asked for, as Google's client libraries do. Admitted throughput is compared \
+         with the flow's best throughput in the table above; latency is of admitted calls and, separately, of \
+         the refusals.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| flow | c | refused workers | admitted req/s | × best below the limit | admitted p99 ms | refusals | refusal p50 ms | refusal p99 ms | server CPU ms per admitted call |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for c in overload {
+        let best = cells
+            .iter()
+            .filter(|b| b.flow == c.flow && b.keys == c.keys && !b.label.contains("PostgreSQL"))
+            .map(|b| b.rps)
+            .fold(0.0, f64::max);
+        let refusals: u64 = c
+            .errors
+            .iter()
+            .filter(|(k, _)| k.as_str() == "http 429" || k.as_str() == "grpc ResourceExhausted")
+            .map(|(_, v)| v)
+            .sum();
+        let other: u64 = c.errors.values().sum::<u64>() - refusals;
+        let ms = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {:.2} | {} of {}{} | {} | {} | {} |",
+            c.label,
+            c.concurrency,
+            if c.honor_retry_delay {
+                "wait the retry delay"
+            } else {
+                "retry at once"
+            },
+            c.rps,
+            if best > 0.0 {
+                format!("{:.2}", c.rps / best)
+            } else {
+                String::new()
+            },
+            c.p99,
+            refusals,
+            refusals + c.ok + other,
+            if other > 0 {
+                format!(" (and {other} other errors)")
+            } else {
+                String::new()
+            },
+            ms(c.refused_p50),
+            ms(c.refused_p99),
+            c.cpu_ms.map_or(String::new(), |v| format!("{v:.3}")),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,7 +600,30 @@ mod tests {
             cpu_ms: None,
             client_cpu_ms: None,
             peak_rss: None,
+            overload: false,
+            honor_retry_delay: false,
+            refused_p50: None,
+            refused_p99: None,
         }
+    }
+
+    #[test]
+    fn overload_rows_compare_admitted_throughput_with_the_best_below_the_limit() {
+        let below = cell("client-cert", Flow::ClientCert, 64, 2000.0);
+        let mut over = cell("client-cert overload", Flow::ClientCert, 256, 1500.0);
+        over.overload = true;
+        over.errors.insert("http 429".into(), 30);
+        over.refused_p99 = Some(4.5);
+        let mut md = String::new();
+        overload_table(&mut md, &[over], &[below]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| client-cert overload"))
+            .unwrap();
+        assert!(row.contains("| 0.75 |"), "{row}");
+        assert!(row.contains("| 30 of 40 |"), "{row}");
+        assert!(row.contains("| 4.50 |"), "{row}");
+        assert!(row.contains("retry at once"), "{row}");
     }
 
     #[test]

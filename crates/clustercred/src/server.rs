@@ -281,7 +281,9 @@ impl Server {
         .map_err(|e| anyhow::anyhow!("the access table does not cover the served methods: {e}"))?;
         let app = clustercred_transport::router(
             gate.layer(routes.prepare()),
-            gateway.with_body_limit(config.max_request_bytes),
+            gateway
+                .with_body_limit(config.max_request_bytes)
+                .with_admission(std::sync::Arc::new(gate.rest_admission())),
             extra,
             request_timeout,
         )

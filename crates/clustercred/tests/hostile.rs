@@ -6,6 +6,7 @@ mod common;
 use clustercred_transport::RestGateway;
 use common::*;
 use serde_json::Value;
+use std::time::Duration;
 
 /// A concrete path for a template: `*` → `x1`, `**` → `x1/x2`.
 fn fill(template: &str) -> String {
@@ -287,5 +288,139 @@ async fn jwt_attacks_fail_at_every_acceptance_point() {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "invalid_grant");
     }
+    s.stop().await;
+}
+
+/// Under saturation a minting call is refused before the gate authenticates it or reads its body, so that the
+/// excess costs almost nothing: with the one signing permit held by a call whose commit waits on a locked
+/// database, a call with no credential at all gets RESOURCE_EXHAUSTED (with RetryInfo) at once instead of
+/// UNAUTHENTICATED, and so does an anonymous agent-token exchange for a cluster that does not exist; reads still
+/// go through; once the permit is free the anonymous call is UNAUTHENTICATED again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_server_refuses_minting_calls_before_any_work() {
+    use sqlx::Connection;
+    const LOC: &str = "projects/p/locations/l";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = clustercred::ServeConfig::for_data_dir(dir.path().join("data"));
+    config.max_concurrent_signing = 1;
+    config.store_timeout_secs = 10;
+    config.failure_burst_per_address = 1000.0;
+    config.anonymous_burst = 1000.0;
+    let s = TestServer::start_with(config).await;
+    let base = s.url("");
+    assert_eq!(create_cluster_c1(&base, &s.token, LOC).await, 200);
+    let key = p256().public_key_pem();
+    assert_eq!(
+        issue_c1(&base, &s.token, LOC, &key, None).await.unwrap().0,
+        200
+    );
+    let mint_url = s.url(&format!(
+        "/alloydb/v1/{LOC}/clusters/c1:generateClientCertificate"
+    ));
+    let anonymous = || {
+        let url = mint_url.clone();
+        let key = key.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let resp = http()
+                .post(url)
+                .json(&serde_json::json!({"publicKey": key}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (status, body, started.elapsed())
+        }
+    };
+    assert_eq!(
+        anonymous().await.0,
+        401,
+        "an idle server authenticates first"
+    );
+
+    // Another process holds the write lock: the next issuance signs, then waits in its commit with the permit.
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(s.data_dir.join("clustercred.db"));
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let stuck = tokio::spawn({
+        let (base, token, key) = (base.clone(), s.token.clone(), key.clone());
+        async move { issue_c1(&base, &token, LOC, &key, None).await.unwrap().0 }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (status, body, took) = loop {
+        let got = anonymous().await;
+        if got.0 != 401 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status, 429,
+        "saturated: refused before authentication: {body}"
+    );
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("busy signing"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    // The public minting method too, before it looks at the body or the cluster.
+    let resp = http()
+        .post(s.url(&format!(
+            "/gkemulticloud/v1/{LOC}/attachedClusters/nowhere:generateAttachedClusterAgentToken"
+        )))
+        .body("not even json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    // Over gRPC, with no credential, the gate refuses it the same way.
+    use clustercred_proto::google::cloud::alloydb::v1 as alloydb;
+    let mut grpc = alloydb::alloy_db_admin_client::AlloyDbAdminClient::new(s.channel().await);
+    let refused = grpc
+        .generate_client_certificate(alloydb::GenerateClientCertificateRequest {
+            parent: format!("{LOC}/clusters/c1"),
+            public_key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // Reads are not minting calls.
+    let resp = http()
+        .get(s.url(&format!("/alloydb/v1/{LOC}/clusters/c1")))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    tx.rollback().await.unwrap();
+    let _ = other.close().await;
+    assert_eq!(
+        stuck.await.unwrap(),
+        200,
+        "the held call completes once the lock goes"
+    );
+    assert_eq!(anonymous().await.0, 401, "the permit is free again");
     s.stop().await;
 }

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 pub use errors::{error_body, http_status, invalid_field, status_name, status_to_http};
 pub use template::{RequestPath, Template, TemplateError};
 pub use transcode::{
-    ApiMount, DEFAULT_BODY_LIMIT, GatewayError, METHOD_HEADER, RestGateway, RouteInfo,
+    Admission, ApiMount, DEFAULT_BODY_LIMIT, GatewayError, METHOD_HEADER, RestGateway, RouteInfo,
 };
 
 fn is_grpc(req: &Request<Body>) -> bool {

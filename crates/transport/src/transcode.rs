@@ -97,6 +97,8 @@ struct Route {
     path: String,
     template: Template,
     rpc: MethodDescriptor,
+    /// `package.Service/Method`, as the gRPC path names it.
+    full_method: String,
     /// `None`: no body; `Some("*")`: the whole message; `Some(field)`: that field.
     body: Option<String>,
     response_body: Option<String>,
@@ -117,7 +119,12 @@ struct Inner {
     pool: DescriptorPool,
     mounts: Vec<Mount>,
     body_limit: usize,
+    admission: Option<Admission>,
 }
+
+/// Asked with the gRPC method (`package.Service/Method`) and the request head once the route is known, before
+/// the body is read: an error is the answer, and the body is never read or transcoded.
+pub type Admission = Arc<dyn Fn(&str, &http::request::Parts) -> Result<(), Status> + Send + Sync>;
 
 fn rule_route(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Route>, GatewayError> {
     let (method, path) = match &rule.pattern {
@@ -153,6 +160,7 @@ fn rule_route(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Route>, 
         path: path.to_string(),
         template: Template::parse(path)?,
         rpc: rpc.clone(),
+        full_method: format!("{}/{}", rpc.parent_service().full_name(), rpc.name()),
         body,
         response_body,
     }))
@@ -205,6 +213,7 @@ impl RestGateway {
                 pool,
                 mounts: built,
                 body_limit: DEFAULT_BODY_LIMIT,
+                admission: None,
             }),
         })
     }
@@ -213,6 +222,14 @@ impl RestGateway {
     pub fn with_body_limit(mut self, limit: usize) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.body_limit = limit;
+        }
+        self
+    }
+
+    /// Sets the check made before a request body is read (call right after `new`).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.admission = Some(admission);
         }
         self
     }
@@ -347,6 +364,9 @@ impl RestGateway {
             parts.headers.insert(http::header::HOST, host);
         }
         let (route, bindings) = self.route_for(&parts.method, parts.uri.path(), &parts.headers)?;
+        if let Some(admit) = &self.inner.admission {
+            admit(&route.full_method, &parts)?;
+        }
         let query = parts.uri.query().unwrap_or("");
         let params = QueryParams::parse(query)?;
         let limit = self.inner.body_limit;
