@@ -275,6 +275,15 @@ struct LoadedCa {
     ca: ClusterCa,
 }
 
+/// A refusal's audit detail: the permission asked for, when there is one, and the status message.
+fn refusal_detail(permission: &str, status: &Status) -> String {
+    if permission.is_empty() {
+        status.message().to_string()
+    } else {
+        format!("{permission}: {}", status.message())
+    }
+}
+
 impl Ctx {
     pub fn new(
         store: Arc<dyn Store>,
@@ -335,8 +344,9 @@ impl Ctx {
         admitted
     }
 
-    /// Records a refused call: counted against the caller's address (unless it was refused for its rate
-    /// alone), and audited through the aggregator (repeats become one counted event per window).
+    /// Records a refused call: counted against the caller's address (unless it was RESOURCE_EXHAUSTED: refused
+    /// for its rate or for overload alone), and audited through the aggregator (repeats become one counted event
+    /// per window).
     pub async fn refused(
         &self,
         principal: &str,
@@ -345,20 +355,14 @@ impl Ctx {
         resource: &str,
         status: &Status,
     ) {
-        let detail = if permission.is_empty() {
-            status.message().to_string()
-        } else {
-            format!("{permission}: {}", status.message())
-        };
-        if status.code() != Code::ResourceExhausted
-            && let Some(ip) = meta.ip()
-        {
-            self.limits.note_failure(ip);
-        }
         if status.code() == Code::ResourceExhausted {
-            self.refused_exhausted(principal, meta, resource, status);
+            self.refused_exhausted(principal, meta, permission, resource, status);
             return;
         }
+        if let Some(ip) = meta.ip() {
+            self.limits.note_failure(ip);
+        }
+        let detail = refusal_detail(permission, status);
         let event = self.event(principal, meta, resource, status.code(), detail, "");
         if let Some(event) = self.refusals.note(event) {
             self.audit(&event).await;
@@ -373,10 +377,11 @@ impl Ctx {
         &self,
         principal: &str,
         meta: &RequestMeta,
+        permission: &str,
         resource: &str,
         status: &Status,
     ) {
-        let detail = status.message().to_string();
+        let detail = refusal_detail(permission, status);
         let event = self.event(principal, meta, resource, status.code(), detail, "");
         if let Some(event) = self.refusals.note(event) {
             log_event(&event);

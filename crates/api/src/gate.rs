@@ -78,7 +78,8 @@ impl Gate {
             gate.ctx.limits.saturated().inspect_err(|status| {
                 let address = parts.extensions.get::<ClientAddress>().map(|a| a.0);
                 let meta = RequestMeta::from_parts(method, address, &parts.headers);
-                gate.ctx.refused_exhausted("anonymous", &meta, "", status);
+                gate.ctx
+                    .refused_exhausted("anonymous", &meta, "", "", status);
             })
         }
     }
@@ -111,7 +112,8 @@ impl Gate {
         if rule.mints
             && let Err(status) = limits.saturated()
         {
-            self.ctx.refused_exhausted("anonymous", &meta, "", &status);
+            self.ctx
+                .refused_exhausted("anonymous", &meta, "", "", &status);
             return Err(status);
         }
         if rule.access == Access::Public {

@@ -508,7 +508,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
 fn overload_table(md: &mut String, overload: &[Cell], cells: &[Cell]) {
     let _ = writeln!(
         md,
-        "## Overload\n\nThe same flow at a concurrency beyond the server's admission limit          (`--max-concurrent-signing`, 64 by default): calls beyond it get RESOURCE_EXHAUSTED (HTTP 429, with a \
+        "## Overload\n\nThe same flow at a concurrency beyond the server's admission limit (`--max-concurrent-signing`, 64 by default): calls beyond it get RESOURCE_EXHAUSTED (HTTP 429, with a \
          RetryInfo delay of 100 ms). Either every refused worker calls again at once (a hostile client), or it \
          waits the delay the server asked for, as Google's client libraries do. Admitted throughput is compared \
          with the flow's best throughput in the table above; latency is of admitted calls and, separately, of \
