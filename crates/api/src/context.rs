@@ -362,11 +362,23 @@ impl Ctx {
         if let Some(ip) = meta.ip() {
             self.limits.note_failure(ip);
         }
-        let detail = refusal_detail(permission, status);
-        let event = self.event(principal, meta, resource, status.code(), detail, "");
-        if let Some(event) = self.refusals.note(event) {
+        if let Some(event) = self.note_refusal(principal, meta, permission, resource, status) {
             self.audit(&event).await;
         }
+    }
+
+    /// The refusal's event, counted by the aggregator: the event to write now, or none (counted for later).
+    fn note_refusal(
+        &self,
+        principal: &str,
+        meta: &RequestMeta,
+        permission: &str,
+        resource: &str,
+        status: &Status,
+    ) -> Option<AuditEvent> {
+        let detail = refusal_detail(permission, status);
+        let event = self.event(principal, meta, resource, status.code(), detail, "");
+        self.refusals.note(event)
     }
 
     /// Records a RESOURCE_EXHAUSTED refusal without waiting: an overload refusal must stay cheap and quick when
@@ -381,9 +393,7 @@ impl Ctx {
         resource: &str,
         status: &Status,
     ) {
-        let detail = refusal_detail(permission, status);
-        let event = self.event(principal, meta, resource, status.code(), detail, "");
-        if let Some(event) = self.refusals.note(event) {
+        if let Some(event) = self.note_refusal(principal, meta, permission, resource, status) {
             log_event(&event);
             let store = self.store.clone();
             tokio::spawn(async move {

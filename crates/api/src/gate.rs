@@ -75,13 +75,20 @@ impl Gate {
             if !gate.table.get(method).is_some_and(|rule| rule.mints) {
                 return Ok(());
             }
-            gate.ctx.limits.saturated().inspect_err(|status| {
+            gate.refuse_when_saturated(|| {
                 let address = parts.extensions.get::<ClientAddress>().map(|a| a.0);
-                let meta = RequestMeta::from_parts(method, address, &parts.headers);
-                gate.ctx
-                    .refused_exhausted("anonymous", &meta, "", "", status);
+                RequestMeta::from_parts(method, address, &parts.headers)
             })
         }
+    }
+
+    /// RESOURCE_EXHAUSTED, recorded, for a minting call while every signing permit is taken; the caller's
+    /// metadata is only gathered for a refusal.
+    fn refuse_when_saturated(&self, meta: impl FnOnce() -> RequestMeta) -> Result<(), Status> {
+        self.ctx.limits.saturated().inspect_err(|status| {
+            self.ctx
+                .refused_exhausted("anonymous", &meta(), "", "", status);
+        })
     }
 
     fn refuse(status: Status) -> http::Response<tonic::body::Body> {
@@ -109,12 +116,8 @@ impl Gate {
         // Before any work: the caller's address, and whether that address keeps failing.
         self.ctx.admit_address(&meta).await?;
         // A minting call when every signing permit is taken: refused before authentication and the body.
-        if rule.mints
-            && let Err(status) = limits.saturated()
-        {
-            self.ctx
-                .refused_exhausted("anonymous", &meta, "", "", &status);
-            return Err(status);
+        if rule.mints {
+            self.refuse_when_saturated(|| meta.clone())?;
         }
         if rule.access == Access::Public {
             return Ok(req.map(tonic::body::Body::new));

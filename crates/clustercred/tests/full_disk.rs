@@ -132,19 +132,13 @@ async fn a_full_disk_answers_unavailable_and_service_resumes_when_space_returns(
 /// is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_answers_unavailable_after_the_store_timeout() {
-    use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let mut config = clustercred::ServeConfig::for_data_dir(dir.path().join("data"));
     config.store_timeout_secs = 1;
     let s = TestServer::start_with(config).await;
     // Serving, with its first-start writes (the audit key) done, before the lock is taken.
     assert_eq!(readyz(&s).await.0, 200);
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(s.data_dir.join("clustercred.db"));
-    let mut other = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let lock = lock_database(&s.data_dir).await;
     let started = std::time::Instant::now();
     let status = create_cluster_c1(&s.url(""), &s.token, LOC).await;
     let waited = started.elapsed();
@@ -153,8 +147,7 @@ async fn a_locked_database_answers_unavailable_after_the_store_timeout() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
         "answered after {waited:?}, not after the 1 s store timeout"
     );
-    tx.rollback().await.unwrap();
-    let _ = other.close().await;
+    unlock_database(lock).await;
     // Past the store's circuit breaker (1 s).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(create_cluster_c1(&s.url(""), &s.token, LOC).await, 200);

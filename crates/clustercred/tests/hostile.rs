@@ -298,7 +298,6 @@ async fn jwt_attacks_fail_at_every_acceptance_point() {
 /// go through; once the permit is free the anonymous call is UNAUTHENTICATED again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_server_refuses_minting_calls_before_any_work() {
-    use sqlx::Connection;
     const LOC: &str = "projects/p/locations/l";
     let dir = tempfile::tempdir().unwrap();
     let mut config = clustercred::ServeConfig::for_data_dir(dir.path().join("data"));
@@ -340,12 +339,7 @@ async fn a_saturated_server_refuses_minting_calls_before_any_work() {
     );
 
     // Another process holds the write lock: the next issuance signs, then waits in its commit with the permit.
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(s.data_dir.join("clustercred.db"));
-    let mut other = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let lock = lock_database(&s.data_dir).await;
     let stuck = tokio::spawn({
         let (base, token, key) = (base.clone(), s.token.clone(), key.clone());
         async move { issue_c1(&base, &token, LOC, &key, None).await.unwrap().0 }
@@ -414,8 +408,7 @@ async fn a_saturated_server_refuses_minting_calls_before_any_work() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 
-    tx.rollback().await.unwrap();
-    let _ = other.close().await;
+    unlock_database(lock).await;
     assert_eq!(
         stuck.await.unwrap(),
         200,

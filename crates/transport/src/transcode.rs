@@ -97,11 +97,18 @@ struct Route {
     path: String,
     template: Template,
     rpc: MethodDescriptor,
-    /// `package.Service/Method`, as the gRPC path names it.
-    full_method: String,
+    /// The gRPC path, `/package.Service/Method`, made once.
+    grpc_path: String,
     /// `None`: no body; `Some("*")`: the whole message; `Some(field)`: that field.
     body: Option<String>,
     response_body: Option<String>,
+}
+
+impl Route {
+    /// `package.Service/Method`.
+    fn full_method(&self) -> &str {
+        &self.grpc_path[1..]
+    }
 }
 
 struct Mount {
@@ -160,7 +167,7 @@ fn rule_route(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Route>, 
         path: path.to_string(),
         template: Template::parse(path)?,
         rpc: rpc.clone(),
-        full_method: format!("{}/{}", rpc.parent_service().full_name(), rpc.name()),
+        grpc_path: format!("/{}/{}", rpc.parent_service().full_name(), rpc.name()),
         body,
         response_body,
     }))
@@ -337,12 +344,7 @@ impl RestGateway {
             return Err(Status::invalid_argument("request body too large"));
         }
         let message = build_request(route, &bindings, &params, body)?;
-        let path = format!(
-            "/{}/{}",
-            route.rpc.parent_service().full_name(),
-            route.rpc.name()
-        );
-        Ok((path, message.encode_to_vec()))
+        Ok((route.grpc_path.clone(), message.encode_to_vec()))
     }
 
     async fn try_handle<S>(&self, grpc: S, req: Request<Body>) -> Result<Response<Body>, Status>
@@ -365,7 +367,7 @@ impl RestGateway {
         }
         let (route, bindings) = self.route_for(&parts.method, parts.uri.path(), &parts.headers)?;
         if let Some(admit) = &self.inner.admission {
-            admit(&route.full_method, &parts)?;
+            admit(route.full_method(), &parts)?;
         }
         let query = parts.uri.query().unwrap_or("");
         let params = QueryParams::parse(query)?;
@@ -740,16 +742,12 @@ where
     S::Error: std::fmt::Display,
     S::Future: Send,
 {
-    let path = format!(
-        "/{}/{}",
-        route.rpc.parent_service().full_name(),
-        route.rpc.name()
-    );
     let mut request = Request::new(tonic::body::Body::new(http_body_util::Full::new(frame(
         &message,
     ))));
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = path
+    *request.uri_mut() = route
+        .grpc_path
         .parse()
         .map_err(|_| Status::internal("bad method path"))?;
     *request.version_mut() = http::Version::HTTP_2;
@@ -761,7 +759,7 @@ where
     );
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     // Names the method for the services' audit records (the outer request's copy is never forwarded).
-    if let Ok(v) = HeaderValue::from_str(path.trim_start_matches('/')) {
+    if let Ok(v) = HeaderValue::from_str(route.full_method()) {
         headers.insert(METHOD_HEADER, v);
     }
     for (name, value) in &parts.headers {

@@ -300,3 +300,26 @@ pub async fn readyz(s: &TestServer) -> (u16, String) {
     let resp = http().get(s.url("/readyz")).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
+
+/// Takes the write lock of the server's SQLite database in `data_dir` on a connection of its own, as another
+/// process would; it is held until [`unlock_database`].
+pub async fn lock_database(data_dir: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("clustercred.db"));
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// Releases the lock [`lock_database`] took.
+pub async fn unlock_database(mut conn: sqlx::SqliteConnection) {
+    use sqlx::Connection;
+    sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+    let _ = conn.close().await;
+}
