@@ -91,7 +91,19 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(timeout);
-        Self::with_options(options, 8, timeout).await
+        // Concurrent first opens of a fresh file can get SQLITE_BUSY at once, without the busy timeout being
+        // waited (the switch to WAL and the first migration race): try again until the timeout.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match Self::with_options(options.clone(), 8, timeout).await {
+                Err(StoreError::Unavailable(m))
+                    if m.contains("database is locked") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// A private in-memory database (tests).
