@@ -43,8 +43,14 @@ fn binding(role: &str, members: &[&str]) -> Binding {
 
 fn authorization(c: &mut Criterion) {
     let rt = runtime();
+    let dir = tempfile::Builder::new()
+        .prefix("clustercred-authz-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temporary directory");
     let store = rt.block_on(async {
-        let store = SqliteStore::in_memory().await.expect("store");
+        let store = SqliteStore::open(&dir.path().join("clustercred.db"))
+            .await
+            .expect("store");
         let now = NOW.unix_timestamp();
         // The first-start administrator in the root policy, as bootstrap leaves it.
         let root = Policy {
@@ -247,12 +253,6 @@ fn record_issuance(c: &mut Criterion) {
         .expect("file-backed store");
     bench_commit(c, &rt, &durable, "record_issuance/sqlite_file_durable");
     rt.block_on(durable.close());
-
-    let memory = rt
-        .block_on(SqliteStore::in_memory())
-        .expect("in-memory store");
-    bench_commit(c, &rt, &memory, "record_issuance/sqlite_in_memory");
-    rt.block_on(memory.close());
 }
 
 criterion_group!(benches, authorization, record_issuance);

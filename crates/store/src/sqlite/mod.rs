@@ -2,7 +2,6 @@
 //! transaction survives a crash or power loss before the reply leaves.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::*;
 
@@ -69,11 +68,6 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// The direct (ungrouped) batch writer the group committer drives.
-struct SqliteWriter {
-    pool: SqlitePool,
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date, with the default
     /// timeout (see [`SqliteStore::open_with_timeout`]).
@@ -95,7 +89,7 @@ impl SqliteStore {
         // waited (the switch to WAL and the first migration race): try again until the timeout.
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            match Self::with_options(options.clone(), 8, timeout).await {
+            match Self::with_options(options.clone(), path, timeout).await {
                 Err(StoreError::Unavailable(m))
                     if m.contains("database is locked") && std::time::Instant::now() < deadline =>
                 {
@@ -106,21 +100,14 @@ impl SqliteStore {
         }
     }
 
-    /// A private in-memory database (tests).
-    pub async fn in_memory() -> Result<Self> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        // One connection: every in-memory connection would otherwise be its own empty database.
-        Self::with_options(options, 1, DEFAULT_STORE_TIMEOUT).await
-    }
-
     async fn with_options(
         options: SqliteConnectOptions,
-        max_connections: u32,
-        acquire_timeout: Duration,
+        path: &Path,
+        timeout: Duration,
     ) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
+            .max_connections(8)
+            .acquire_timeout(timeout)
             // A transaction whose COMMIT failed (a full disk) may have been rolled back by SQLite itself, and
             // then sqlx's own ROLLBACK fails and leaves the connection counted as inside a transaction: every
             // later BEGIN on it would fail. Such a connection is closed instead of reused. The ping waits for
@@ -135,20 +122,23 @@ impl SqliteStore {
             })
             .connect_with(options)
             .await?;
-        let group = Arc::new(GroupCommit::start(Arc::new(SqliteWriter {
-            pool: pool.clone(),
-        })));
-        let store = SqliteStore { pool, group };
-        store.migrate().await?;
-        Ok(store)
+        Self::migrate(&pool).await?;
+        // The group committer's connection comes after the migration: it expects the tables.
+        let writer = writer::ThreadWriter::open(path, timeout)?;
+        let group = GroupCommit::start_blocking("sqlite-writer", writer)
+            .map_err(|e| StoreError::Backend(format!("starting the SQLite writer thread: {e}")))?;
+        Ok(SqliteStore {
+            pool,
+            group: Arc::new(group),
+        })
     }
 
     /// Brings the schema up to date with sqlx's migrator, all in one `BEGIN IMMEDIATE` transaction: a server
     /// and a CLI opening one file at once take turns (sqlx's SQLite migrator has no lock of its own; each
     /// migration runs in a savepoint inside ours), and a failure leaves the database as it was.
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(pool: &SqlitePool) -> Result<()> {
         let migrator = migrator();
-        let mut tx = self.begin_write().await?;
+        let mut tx = begin_write(pool).await?;
         let tracked: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
         )
@@ -188,7 +178,9 @@ impl SqliteStore {
         begin_write(&self.pool).await
     }
 
+    /// Commits what is queued, then closes the writer's connection and the pool.
     pub async fn close(&self) {
+        self.group.close().await;
         self.pool.close().await;
     }
 }
@@ -323,148 +315,6 @@ fn children_pattern(name: &str) -> String {
     }
     p.push_str("/%");
     p
-}
-
-#[async_trait]
-impl BatchWriter for SqliteWriter {
-    /// One transaction with a constant number of statements whatever the batch size (each statement is a
-    /// round trip to sqlx's connection thread): claim the request ids, insert issuances, tokens and audit
-    /// events, each in one multi-row statement.
-    async fn write_now(&self, items: &[WriteItem]) -> Result<Vec<IssuanceOutcome>> {
-        let mut tx = begin_write(&self.pool).await?;
-        // Request ids: insert-or-nothing in item order, so of two items with one id the first wins.
-        let claims: Vec<&IdempotencyRecord> = items
-            .iter()
-            .filter_map(|item| match item {
-                WriteItem::Issuance {
-                    idempotency: Some(r),
-                    ..
-                } => Some(r),
-                _ => None,
-            })
-            .collect();
-        let mut claimed = std::collections::HashSet::new();
-        if !claims.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO idempotency (scope, request_id, request_hash, response, create_time) ",
-            );
-            q.push_values(&claims, |mut b, r| {
-                b.push_bind(&r.scope)
-                    .push_bind(&r.request_id)
-                    .push_bind(&r.request_hash)
-                    .push_bind(&r.response)
-                    .push_bind(r.create_time_unix);
-            });
-            q.push(" ON CONFLICT (scope, request_id) DO NOTHING RETURNING scope, request_id");
-            for row in q.build().fetch_all(&mut *tx).await? {
-                claimed.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
-            }
-        }
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut issuances = Vec::new();
-        let mut tokens = Vec::new();
-        let mut events = Vec::new();
-        for item in items {
-            match item {
-                WriteItem::Issuance {
-                    issuance,
-                    idempotency,
-                    audit,
-                } => {
-                    if let Some(idem) = idempotency
-                        && !claimed.remove(&(idem.scope.clone(), idem.request_id.clone()))
-                    {
-                        // Someone with the same id got there first: keep theirs, write nothing of ours.
-                        let row = sqlx::query(
-                            "SELECT * FROM idempotency WHERE scope = ? AND request_id = ?",
-                        )
-                        .bind(&idem.scope)
-                        .bind(&idem.request_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        outcomes.push(IssuanceOutcome::Replay(idempotency_from_row(&row)?));
-                        continue;
-                    }
-                    issuances.push(issuance);
-                    events.extend(audit.as_ref());
-                }
-                WriteItem::Token { token, audit } => {
-                    tokens.push(token);
-                    events.extend(audit.as_ref());
-                }
-                WriteItem::Audit(event) => events.push(event),
-            }
-            outcomes.push(IssuanceOutcome::Recorded);
-        }
-        if !issuances.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO issuances (serial, owner, kind, subject, not_before, not_after, requester, \
-                 request_id, public_key_sha256, create_time, metadata_exchange) ",
-            );
-            q.push_values(&issuances, |mut b, i| {
-                b.push_bind(&i.serial_hex)
-                    .push_bind(&i.owner)
-                    .push_bind(&i.kind)
-                    .push_bind(&i.subject)
-                    .push_bind(i.not_before_unix)
-                    .push_bind(i.not_after_unix)
-                    .push_bind(&i.requester)
-                    .push_bind(&i.request_id)
-                    .push_bind(&i.public_key_sha256)
-                    .push_bind(i.create_time_unix)
-                    .push_bind(i.metadata_exchange);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        if !tokens.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO tokens (token_id, owner, subject, expires, create_time) ",
-            );
-            q.push_values(&tokens, |mut b, t| {
-                b.push_bind(&t.token_id)
-                    .push_bind(&t.owner)
-                    .push_bind(&t.subject)
-                    .push_bind(t.expires_unix)
-                    .push_bind(t.create_time_unix);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        if !events.is_empty() {
-            // The chain head is read inside the write transaction (BEGIN IMMEDIATE: no other writer between).
-            let mut previous: Vec<u8> =
-                sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .unwrap_or_default();
-            let mut rows = Vec::with_capacity(events.len());
-            for event in events {
-                let hash = event.chain_hash(&previous);
-                let json =
-                    serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
-                rows.push((
-                    event,
-                    json,
-                    std::mem::replace(&mut previous, hash.clone()),
-                    hash,
-                ));
-            }
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit_events (event, principal, method, resource, time_nanos, prev_hash, hash) ",
-            );
-            q.push_values(&rows, |mut b, (event, json, prev, hash)| {
-                b.push_bind(json)
-                    .push_bind(&event.principal)
-                    .push_bind(&event.method)
-                    .push_bind(&event.resource)
-                    .push_bind(event.time_unix_nanos)
-                    .push_bind(prev)
-                    .push_bind(hash);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
 }
 
 #[async_trait]
@@ -1288,12 +1138,13 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        SqliteStore::close(self).await;
     }
 }
 
 #[cfg(test)]
 mod tests;
+mod writer;
 
 fn issuance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IssuanceRecord> {
     Ok(IssuanceRecord {

@@ -349,7 +349,8 @@ async fn concurrent_opens_of_a_fresh_file_migrate_once() {
 /// The retention purge's batches are read off the expiry indexes (oldest first, no table scan, no sort).
 #[tokio::test]
 async fn expiry_purges_read_the_expiry_indexes() {
-    let s = SqliteStore::in_memory().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
     for (table, column, index) in [
         ("issuances", "not_after", "issuances_by_expiry"),
         ("tokens", "expires", "tokens_by_expiry"),
