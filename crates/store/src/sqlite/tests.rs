@@ -374,3 +374,49 @@ async fn expiry_purges_read_the_expiry_indexes() {
         );
     }
 }
+
+/// The writer's connection keeps checkpointing (its own, like the pool's): under writes without a pause, the
+/// WAL starts over instead of growing, and what it held reaches the database file.
+#[tokio::test]
+async fn the_wal_stays_bounded_under_continuous_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    // About 30 frames (4 KiB pages) per batch, and SQLite checkpoints every 1000 frames: the run writes
+    // several times the WAL's bound below.
+    const WAL_FRAMES: u64 = 4096;
+    let batches = 3 * WAL_FRAMES as usize / 30 * 2;
+    for b in 0..batches {
+        let items: Vec<WriteItem> = (0..8)
+            .map(|i| {
+                let n = b * 8 + i;
+                let id = format!("r{n:08}");
+                WriteItem::Issuance {
+                    issuance: issuance(&format!("s{n:08}"), C1, Some(&id)),
+                    idempotency: Some(IdempotencyRecord {
+                        scope: "alloydb.generateClientCertificate".into(),
+                        request_id: id,
+                        request_hash: vec![1],
+                        response: vec![n as u8; 3000],
+                        create_time_unix: 100,
+                    }),
+                    audit: Some(event(n as i64, "user:admin", C1)),
+                }
+            })
+            .collect();
+        s.write_batch(&items).await.unwrap();
+    }
+    let page: u64 = 4096 + 24;
+    let wal = std::fs::metadata(dir.path().join("db-wal")).unwrap().len();
+    let db = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        wal <= 2 * WAL_FRAMES * page,
+        "the WAL holds {wal} bytes after {batches} batches"
+    );
+    // 3 KB responses alone: 24 KB a batch.
+    assert!(
+        db >= (batches as u64 * 24_000) / 2,
+        "the database file holds {db} bytes"
+    );
+    assert_eq!(s.list_issuances(C1).await.unwrap().len(), batches * 8);
+}
