@@ -33,8 +33,10 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("CLUSTERCRED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: not in files, journald or a container runtime's log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

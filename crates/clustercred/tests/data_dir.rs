@@ -164,3 +164,34 @@ async fn files_and_directories_of_another_user_are_refused() {
     }
     TestServer::start_in(data).await.stop().await;
 }
+
+/// Logs that go to a file or a pipe (journald, a container runtime) carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    use std::io::{BufRead, BufReader, Read};
+    let root = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clustercred"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first start logs the administrator's creation before it listens.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("created the administrator"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in {logs:?}");
+}
