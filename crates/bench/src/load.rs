@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// table, with the refusals, instead of the throughput table and plot.
     #[arg(long)]
     overload: bool,
+    /// What else loads the server during the run (free text): the report puts the run in a table of its own,
+    /// beside the same flow's run without that load.
+    #[arg(long)]
+    beside: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -108,6 +112,9 @@ pub struct RunResult {
     /// Run with `--overload`.
     #[serde(default)]
     pub overload: bool,
+    /// Run with `--beside`: what else loaded the server.
+    #[serde(default)]
+    pub beside: Option<String>,
 }
 
 struct Shared {
@@ -530,6 +537,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         refused_latency_ms: (!refused.is_empty()).then(|| latency(&refused)),
         honor_retry_delay: args.honor_retry_delay,
         overload: args.overload,
+        beside: args.beside.clone(),
         server,
         client_cpu_ms_per_request: match (own_before, own_after) {
             (Some(b), Some(a)) if ok > 0 => Some((a - b) * 1000.0 / ok as f64),

@@ -48,6 +48,8 @@ struct Cell {
     client_cpu_ms: Option<f64>,
     peak_rss: Option<f64>,
     overload: bool,
+    /// What else loaded the server (`run --beside`).
+    beside: Option<String>,
     honor_retry_delay: bool,
     /// Medians over the repeats of the refusals' p50 and p99 latency (ms), when there were refusals.
     refused_p50: Option<f64>,
@@ -77,10 +79,10 @@ fn refused(runs: &[RunResult], stat: fn(&crate::load::Latency) -> f64) -> Option
 }
 
 fn cells(runs: Vec<RunResult>) -> Vec<Cell> {
-    let mut groups: BTreeMap<(String, usize), Vec<RunResult>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, usize, Option<String>), Vec<RunResult>> = BTreeMap::new();
     for r in runs {
         groups
-            .entry((r.label.clone(), r.concurrency))
+            .entry((r.label.clone(), r.concurrency, r.beside.clone()))
             .or_default()
             .push(r);
     }
@@ -121,6 +123,7 @@ fn cells(runs: Vec<RunResult>) -> Vec<Cell> {
                 },
                 peak_rss: servers.iter().map(|s| s.peak_rss_mib).reduce(f64::max),
                 overload: g[0].overload,
+                beside: g[0].beside.clone(),
                 honor_retry_delay: g[0].honor_retry_delay,
                 refused_p50: refused(&g, |l| l.p50),
                 refused_p99: refused(&g, |l| l.p99),
@@ -350,6 +353,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!runs.is_empty(), "no results in {}", args.results.display());
     let (overload, cells): (Vec<Cell>, Vec<Cell>) =
         cells(runs).into_iter().partition(|c| c.overload);
+    let (beside, cells): (Vec<Cell>, Vec<Cell>) =
+        cells.into_iter().partition(|c| c.beside.is_some());
     let cfssl: BTreeMap<usize, f64> = cells
         .iter()
         .filter(|c| c.flow == Flow::Cfssl)
@@ -445,6 +450,9 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     );
     if !overload.is_empty() {
         overload_table(&mut md, &overload, &cells);
+    }
+    if !beside.is_empty() {
+        beside_table(&mut md, &beside, &cells);
     }
     let _ = writeln!(md, "## Raw ceiling: `openssl speed`, one core\n");
     match (ecdsa, rsa) {
@@ -564,6 +572,45 @@ fn overload_table(md: &mut String, overload: &[Cell], cells: &[Cell]) {
     let _ = writeln!(md);
 }
 
+/// Runs made while something else loaded the server, beside the same flow alone (same label and concurrency).
+fn beside_table(md: &mut String, beside: &[Cell], cells: &[Cell]) {
+    let _ = writeln!(
+        md,
+        "## Beside other load\n\nA flow while another load runs on the same server at the same time, against the \
+         same flow alone in the table above (same label and concurrency). `scripts/bench` runs these on a server \
+         of their own whose settings differ only where the other load needs it (RSA-2048 keys for offline \
+         credentials).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| flow | c | beside | req/s alone | req/s beside | p99 ms alone | p99 ms beside | × p99 | errors |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for c in beside {
+        let alone = cells
+            .iter()
+            .find(|a| a.label == c.label && a.concurrency == c.concurrency);
+        let errors: u64 = c.errors.values().sum();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {} | {} |",
+            c.label,
+            c.concurrency,
+            c.beside.as_deref().unwrap_or_default(),
+            alone.map_or(String::new(), |a| format!("{:.0}", a.rps)),
+            c.rps,
+            alone.map_or(String::new(), |a| format!("{:.2}", a.p99)),
+            c.p99,
+            alone.map_or(String::new(), |a| format!("{:.2}", c.p99 / a.p99)),
+            if errors == 0 {
+                "0".to_string()
+            } else {
+                format!("{errors} of {}", errors + c.ok)
+            },
+        );
+    }
+    let _ = writeln!(md);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,6 +648,7 @@ mod tests {
             client_cpu_ms: None,
             peak_rss: None,
             overload: false,
+            beside: None,
             honor_retry_delay: false,
             refused_p50: None,
             refused_p99: None,
@@ -646,5 +694,32 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn beside_rows_compare_p99_with_the_flow_alone() {
+        let alone = cell("client-cert", Flow::ClientCert, 16, 5000.0);
+        let mut with = cell("client-cert", Flow::ClientCert, 16, 2500.0);
+        with.p99 = 5.25;
+        with.beside = Some("RSA-2048 offline credentials".into());
+        let mut background = cell("offline-cred (RSA-2048 keys)", Flow::OfflineCred, 16, 15.0);
+        background.beside = Some("client-cert".into());
+        background.errors.insert("http 429".into(), 5);
+        let mut md = String::new();
+        beside_table(&mut md, &[with, background], &[alone]);
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            row("| client-cert |"),
+            "| client-cert | 16 | RSA-2048 offline credentials | 5000 | 2500 | 3.00 | 5.25 | 1.75 | 0 |"
+        );
+        assert_eq!(
+            row("| offline-cred"),
+            "| offline-cred (RSA-2048 keys) | 16 | client-cert |  | 15 |  | 3.00 |  | 5 of 15 |"
+        );
     }
 }
