@@ -69,18 +69,7 @@ impl GroupCommit {
             .name(name.to_string())
             .spawn(move || {
                 while let Some((jobs, close)) = next_batch(rx.blocking_recv(), &mut rx) {
-                    let result = {
-                        let items: Vec<&WriteItem> = jobs.iter().flat_map(|j| &j.items).collect();
-                        if items.is_empty() {
-                            Ok(Vec::new())
-                        } else {
-                            writer.write_now(&items)
-                        }
-                    };
-                    for job in answer(jobs, result) {
-                        let items: Vec<&WriteItem> = job.items.iter().collect();
-                        let _ = job.reply.send(writer.write_now(&items));
-                    }
+                    commit_blocking(&mut writer, jobs);
                     if let Some(ack) = close {
                         drop(writer);
                         let _ = ack.send(());
@@ -158,6 +147,20 @@ async fn commit(writer: &dyn BatchWriter, jobs: Vec<Job>) {
     };
     for job in answer(jobs, result) {
         let _ = job.reply.send(writer.write_now(&job.items).await);
+    }
+}
+
+/// `commit` for a blocking writer, which takes the jobs' items by reference (no copies).
+fn commit_blocking(writer: &mut impl BlockingWriter, jobs: Vec<Job>) {
+    let items: Vec<&WriteItem> = jobs.iter().flat_map(|j| &j.items).collect();
+    let result = if items.is_empty() {
+        Ok(Vec::new())
+    } else {
+        writer.write_now(&items)
+    };
+    for job in answer(jobs, result) {
+        let items: Vec<&WriteItem> = job.items.iter().collect();
+        let _ = job.reply.send(writer.write_now(&items));
     }
 }
 

@@ -98,8 +98,12 @@ fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
 
 /// SQLite reports numeric (extended) result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
 fn transient_sqlite_code(code: &str) -> bool {
-    code.parse::<i64>()
-        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+    code.parse::<i64>().is_ok_and(transient_sqlite_result)
+}
+
+/// The same for a numeric (extended) result code, as rusqlite reports it.
+fn transient_sqlite_result(code: i64) -> bool {
+    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14)
 }
 
 /// PostgreSQL SQLSTATEs: serialization failure and deadlock (40001, 40P01), connection exceptions (08),

@@ -211,7 +211,7 @@ fn store_error(e: rusqlite::Error) -> StoreError {
             StoreError::AlreadyExists
         }
         rusqlite::Error::SqliteFailure(f, _)
-            if crate::transient_sqlite_code(&f.extended_code.to_string()) =>
+            if crate::transient_sqlite_result(f.extended_code.into()) =>
         {
             StoreError::Unavailable(format!("(code: {}) {e}", f.extended_code))
         }
