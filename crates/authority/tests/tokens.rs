@@ -376,6 +376,20 @@ fn minted_tokens_verify_only_with_their_signer_and_until_they_expire() {
         )
         .expect("verifies");
     assert_eq!(claims["jti"], json!(minted.token_id));
+    // Token ids ascend with time (the store's index grows at its end) and stay unique within a millisecond.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let later: Vec<String> = (0..100)
+        .map(|_| signer.mint(&req, NOW).unwrap().token_id)
+        .collect();
+    assert!(
+        later
+            .iter()
+            .all(|id| id.len() == 32 && *id > minted.token_id)
+    );
+    assert_eq!(
+        later.iter().collect::<std::collections::HashSet<_>>().len(),
+        100
+    );
     assert_eq!(
         claims["attached_cluster"],
         json!("projects/p/locations/l/attachedClusters/a")

@@ -74,6 +74,11 @@ fn migrator() -> Migrator {
             "alloydb_endpoint",
             include_str!("../../migrations/postgres/0003_alloydb_endpoint.sql"),
         ),
+        migration(
+            4,
+            "audit_without_principal_index",
+            include_str!("../../migrations/postgres/0004_audit_without_principal_index.sql"),
+        ),
     ])
 }
 

@@ -48,6 +48,11 @@ fn migrator() -> Migrator {
             "alloydb_endpoint",
             include_str!("../../migrations/sqlite/0006_alloydb_endpoint.sql"),
         ),
+        migration(
+            7,
+            "audit_without_principal_index",
+            include_str!("../../migrations/sqlite/0007_audit_without_principal_index.sql"),
+        ),
     ])
 }
 
