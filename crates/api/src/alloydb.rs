@@ -554,6 +554,28 @@ impl AlloyDb {
     }
 }
 
+/// The CA certificate is also the chain's last element: the stored copy leaves `ca_cert` out (a third of the
+/// response), and replay puts it back. A response stored whole, as before, has it and keeps it.
+impl crate::context::Replayable for pb::GenerateClientCertificateResponse {
+    fn stored(&self) -> Vec<u8> {
+        let mut compact = self.clone();
+        if self.pem_certificate_chain.last() == Some(&self.ca_cert) {
+            compact.ca_cert.clear();
+        }
+        compact.encode_to_vec()
+    }
+
+    fn restored(stored: &[u8]) -> Result<Self, prost::DecodeError> {
+        let mut response = Self::decode(stored)?;
+        if response.ca_cert.is_empty()
+            && let Some(ca) = response.pem_certificate_chain.last()
+        {
+            response.ca_cert = ca.clone();
+        }
+        Ok(response)
+    }
+}
+
 /// Re-reads a message as its same-numbered twin of another version.
 fn convert<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
     B::decode(a.encode_to_vec().as_slice())
@@ -744,5 +766,42 @@ mod address_tests {
             Some(Ipv4Addr::new(255, 255, 255, 254))
         );
         assert_eq!(nth_address(Ipv4Addr::new(255, 255, 255, 254), 1), None);
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::pb;
+    use crate::context::Replayable;
+    use prost::Message;
+
+    #[test]
+    fn a_client_certificate_response_is_stored_without_its_repeated_ca() {
+        let ca = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".to_string();
+        let response = pb::GenerateClientCertificateResponse {
+            pem_certificate_chain: vec!["leaf".into(), ca.clone()],
+            ca_cert: ca.clone(),
+        };
+        let stored = response.stored();
+        assert!(stored.len() + ca.len() <= response.encode_to_vec().len());
+        assert_eq!(
+            pb::GenerateClientCertificateResponse::restored(&stored).unwrap(),
+            response
+        );
+        // A record written whole (before this form existed) reads back as it was.
+        let whole = response.encode_to_vec();
+        assert_eq!(
+            pb::GenerateClientCertificateResponse::restored(&whole).unwrap(),
+            response
+        );
+        // A CA that is not the chain's end is kept.
+        let odd = pb::GenerateClientCertificateResponse {
+            pem_certificate_chain: vec!["leaf".into()],
+            ca_cert: ca,
+        };
+        assert_eq!(
+            pb::GenerateClientCertificateResponse::restored(&odd.stored()).unwrap(),
+            odd
+        );
     }
 }

@@ -550,7 +550,7 @@ impl Ctx {
         issue: F,
     ) -> Result<R, Status>
     where
-        R: Message + Default,
+        R: Replayable,
         F: FnOnce() -> Result<(R, IssuanceRecord, AuditEvent), Status>,
     {
         let hash = Sha256::digest(request_fingerprint).to_vec();
@@ -563,7 +563,7 @@ impl Ctx {
             scope: scope.to_string(),
             request_id: id.to_string(),
             request_hash: hash.clone(),
-            response: response.encode_to_vec(),
+            response: response.stored(),
             create_time_unix: now.unix_timestamp(),
         });
         let record = || async {
@@ -596,14 +596,26 @@ impl Ctx {
 /// Request ids forgotten per purge transaction.
 pub const PURGE_BATCH: u32 = 10_000;
 
-fn replay<R: Message + Default>(existing: IdempotencyRecord, hash: &[u8]) -> Result<R, Status> {
+/// A response kept for replay under its request id. The stored form may leave out what the response repeats, so
+/// that a record fills less of a database page (every new request id writes one).
+pub trait Replayable: Message + Default {
+    fn stored(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+    /// The response again, from what [`Replayable::stored`] kept (or from a plain encoding, written earlier).
+    fn restored(stored: &[u8]) -> Result<Self, prost::DecodeError> {
+        Self::decode(stored)
+    }
+}
+
+fn replay<R: Replayable>(existing: IdempotencyRecord, hash: &[u8]) -> Result<R, Status> {
     if existing.request_hash != hash {
         return Err(invalid_field(
             "request_id",
             "was already used for a different request; use a new request id",
         ));
     }
-    R::decode(existing.response.as_slice())
+    R::restored(existing.response.as_slice())
         .map_err(|e| crate::errors::internal("replaying a response", e))
 }
 

@@ -76,8 +76,8 @@ fn migrator() -> Migrator {
         ),
         migration(
             4,
-            "audit_without_principal_index",
-            include_str!("../../migrations/postgres/0004_audit_without_principal_index.sql"),
+            "fewer_index_writes",
+            include_str!("../../migrations/postgres/0004_fewer_index_writes.sql"),
         ),
     ])
 }

@@ -50,8 +50,8 @@ fn migrator() -> Migrator {
         ),
         migration(
             7,
-            "audit_without_principal_index",
-            include_str!("../../migrations/sqlite/0007_audit_without_principal_index.sql"),
+            "fewer_index_writes",
+            include_str!("../../migrations/sqlite/0007_fewer_index_writes.sql"),
         ),
     ])
 }
