@@ -604,11 +604,17 @@ fn beside_table(md: &mut String, beside: &[Cell], cells: &[Cell]) {
             if errors == 0 {
                 "0".to_string()
             } else {
-                format!("{errors} of {}", errors + c.ok)
+                let kinds: Vec<String> = c.errors.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                format!("{errors} of {}: {}", errors + c.ok, kinds.join(", "))
             },
         );
     }
-    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\nRows without a flow alone are the other load itself. Its HTTP 429 answers are RESOURCE_EXHAUSTED \
+         refusals from the RSA key generation limit (`--max-concurrent-rsa-keygen`), whose workers wait the \
+         RetryInfo delay: the limit working, not failures.\n"
+    );
 }
 
 #[cfg(test)]
@@ -719,7 +725,7 @@ mod tests {
         );
         assert_eq!(
             row("| offline-cred"),
-            "| offline-cred (RSA-2048 keys) | 16 | client-cert |  | 15 |  | 3.00 |  | 5 of 15 |"
+            "| offline-cred (RSA-2048 keys) | 16 | client-cert |  | 15 |  | 3.00 |  | 5 of 15: 5 http 429 |"
         );
     }
 }
