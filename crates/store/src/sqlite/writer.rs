@@ -10,6 +10,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use crate::group::BlockingWriter;
 use crate::{IdempotencyRecord, IssuanceOutcome, Result, StoreError, WriteItem};
 
+/// WAL frames after which a commit checkpoints (SQLite's default is 1000). The checkpoint runs inside the commit
+/// that crosses the mark and stalls the batches queued behind it: shorter, more frequent stalls keep the tail
+/// lower (client-cert c=16 p99 9.3 -> 6.8 ms at the same throughput; 8000 frames gave 18.6 ms).
+pub(super) const CHECKPOINT_FRAMES: u32 = 300;
+
 pub(super) struct ThreadWriter {
     path: PathBuf,
     timeout: Duration,
@@ -38,8 +43,11 @@ impl ThreadWriter {
             .map_err(store_error)?;
             conn.busy_timeout(self.timeout).map_err(store_error)?;
             // Per connection: the same durability as the pool's connections (the file is in WAL mode already).
-            conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-                .map_err(store_error)?;
+            conn.execute_batch(&format!(
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = {CHECKPOINT_FRAMES};"
+            ))
+            .map_err(store_error)?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("opened above"))
