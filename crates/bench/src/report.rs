@@ -585,10 +585,12 @@ fn beside_table(md: &mut String, beside: &[Cell], cells: &[Cell]) {
         md,
         "| flow | c | beside | req/s alone | req/s beside | p99 ms alone | p99 ms beside | × p99 | errors |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
     );
+    let mut background = false;
     for c in beside {
         let alone = cells
             .iter()
             .find(|a| a.label == c.label && a.concurrency == c.concurrency);
+        background |= alone.is_none();
         let errors: u64 = c.errors.values().sum();
         let _ = writeln!(
             md,
@@ -609,12 +611,15 @@ fn beside_table(md: &mut String, beside: &[Cell], cells: &[Cell]) {
             },
         );
     }
-    let _ = writeln!(
-        md,
-        "\nRows without a flow alone are the other load itself. Its HTTP 429 answers are RESOURCE_EXHAUSTED \
+    let _ = writeln!(md);
+    if background {
+        let _ = writeln!(
+            md,
+            "Rows without a flow alone are the other load itself. Its HTTP 429 answers are RESOURCE_EXHAUSTED \
          refusals from the RSA key generation limit (`--max-concurrent-rsa-keygen`), whose workers wait the \
          RetryInfo delay: the limit working, not failures.\n"
-    );
+        );
+    }
 }
 
 #[cfg(test)]
